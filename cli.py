@@ -1,0 +1,147 @@
+"""The ``agents`` command line.
+
+User errors (a bad spec, a missing model, an empty prompt) end in one line on stderr and exit code
+2, never a traceback; the message says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from functools import wraps
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from slmflow.runtime import SamplingParams, SlmflowError, load_model
+from slmflow.runtime.messages import Message
+
+err_console = Console(stderr=True)
+
+
+def _sampling_options(func):
+    """Add one ``--flag`` per SamplingParams field, so generate and chat stay in step with it."""
+    for name, field in reversed(list(SamplingParams.model_fields.items())):
+        flag = "--" + name.replace("_", "-")
+        kind = int if field.annotation in (int, int | None) else float
+        func = click.option(flag, name, type=kind, default=field.default, show_default=True,
+                            help=field.description)(func)
+    return func
+
+
+def _model_options(func):
+    func = click.option("--max-tokens", type=int, default=256, show_default=True, help="most new tokens")(func)
+    func = click.option("--stop", multiple=True, help="stop string (repeatable); it is not emitted")(func)
+    func = click.option("--system", default=None, help="system prompt")(func)
+    func = click.option("--role", default=None, help="model role from slmflow.toml: mini, vision or moe")(func)
+    func = click.option("--model", "model_spec", default=None,
+                        help="model spec: embedded, hf:PATH, onnx:PATH, gguf:PATH (default: embedded)")(func)
+    return _sampling_options(func)
+
+
+def _user_errors(func):
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SlmflowError as err:
+            err_console.print(f"[bold red]error:[/] {err.problem}" + (f" — {err.hint}" if err.hint else ""),
+                              highlight=False, soft_wrap=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _split_kwargs(kwargs: dict) -> tuple[SamplingParams, dict]:
+    sampling = SamplingParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.model_fields})
+    return sampling, kwargs
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="log what the runtime does")
+def main(verbose: bool) -> None:
+    """slmflow: on-device assistants built from small language models."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@main.command()
+@click.argument("prompt")
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, usage, finish reason)")
+@_user_errors
+def generate(prompt: str, as_json: bool, **kwargs) -> None:
+    """Generate a reply to PROMPT, streaming it to the terminal."""
+    sampling, opts = _split_kwargs(kwargs)
+    model = load_model(opts["model_spec"], role=opts["role"])
+    response = model.generate(prompt, max_tokens=opts["max_tokens"], sampling=sampling,
+                              stop=opts["stop"], system=opts["system"])
+    if as_json:
+        click.echo(response.result().model_dump_json(indent=2))
+        return
+    for delta in response:
+        click.echo(delta, nl=False)
+    click.echo()
+
+
+@main.command()
+@_model_options
+@_user_errors
+def chat(**kwargs) -> None:
+    """An interactive conversation; the history is kept between turns. Ctrl-D or /exit ends it."""
+    sampling, opts = _split_kwargs(kwargs)
+    model = load_model(opts["model_spec"], role=opts["role"])
+    history: list[Message] = []
+    if opts["system"]:
+        history.append(Message(role="system", content=opts["system"]))
+    err_console.print(f"[dim]chatting with {model.spec} — /exit or Ctrl-D to quit[/]")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if not line.strip():
+            continue
+        history.append(Message(role="user", content=line))
+        response = model.generate(history, max_tokens=opts["max_tokens"], sampling=sampling, stop=opts["stop"])
+        for delta in response:
+            click.echo(delta, nl=False)
+        click.echo()
+        history.append(Message(role="assistant", content=response.text()))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@_user_errors
+def models(as_json: bool) -> None:
+    """List the models slmflow knows, where they live and their state."""
+    from slmflow.runtime import embedded
+    from slmflow.runtime.config import Role, load_config
+
+    st = embedded.state()
+    rows = [
+        {"name": "embedded (GGUF)", "location": str(st.gguf) if st.gguf else "-",
+         "state": "installed" if st.gguf else f"missing: {embedded.INSTALL_HINT}"},
+        {"name": "embedded:transformers", "location": str(st.hf_dir),
+         "state": "ready" if st.hf_ready else "converted on first use"},
+        {"name": "embedded (onnx int4)", "location": str(st.onnx_dir),
+         "state": "ready" if st.onnx_ready else "converted on first use"},
+    ]
+    config = load_config()
+    for role in Role:
+        configured = getattr(config.roles, role.value)
+        rows.append({"name": f"role {role.value}", "location": configured or "embedded",
+                     "state": f"from {config.source}" if configured else "default (not configured)"})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "location", "state")
+    for row in rows:
+        table.add_row(row["name"], row["location"], row["state"])
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

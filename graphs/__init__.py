@@ -1,0 +1,1 @@
+"""LangGraph graphs wiring agents together (steps 5 and 6)."""

@@ -1,0 +1,47 @@
+"""The protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from typing import Protocol
+
+import torch
+
+from slmflow.runtime.specs import ModelSpec
+from slmflow.runtime.tokenizer import ChatTokenizer
+
+
+class Sequence(Protocol):
+    """One KV cache holding the tokens fed so far."""
+
+    length: int
+    capacity: int
+
+    def extend(self, token_ids: Seq[int]) -> torch.Tensor:
+        """Run the new tokens through the model; return the last position's logits (1-D)."""
+
+    def rewind(self, length: int) -> None:
+        """Forget every token after the first ``length``."""
+
+    def fork(self) -> Sequence:
+        """An independent copy (raises NotImplementedError where the backend cannot copy)."""
+
+    def nbytes(self) -> int:
+        """Bytes of KV cache held."""
+
+
+class Backend(Protocol):
+    name: str
+    spec: ModelSpec
+    tokenizer: ChatTokenizer
+    context_length: int
+    #: Length of the logits vector (may exceed the tokenizer's vocabulary because of padding).
+    vocab_size: int
+    device: torch.device
+    can_fork: bool
+    #: True when a token's KV computed one at a time (decode) is bitwise equal to the same token's
+    #: KV computed in a batch (prefill). Prefix reuse of generated tokens is exact only then.
+    batch_invariant: bool
+
+    def new_sequence(self, capacity: int) -> Sequence:
+        """A fresh, empty KV cache with room for ``capacity`` tokens."""

@@ -1,0 +1,101 @@
+"""transformers backend: any causal LM the installed transformers can load, with our own cache.
+
+``past_key_values`` stays under our control (a DynamicCache per sequence) so the loop can rewind it,
+copy it and keep it across turns.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import torch
+
+from slmflow.runtime.errors import ModelLoadError
+from slmflow.runtime.specs import ModelSpec
+from slmflow.runtime.tokenizer import ChatTokenizer
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class TransformersSequence:
+    def __init__(self, model, capacity: int) -> None:
+        from transformers import DynamicCache
+
+        self._model = model
+        self._device = model.device
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0
+        self.capacity = capacity
+        # transformers 5.2x renamed `past_key_values` to `cache`; accept either spelling.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    @torch.inference_mode()
+    def extend(self, token_ids: Seq[int]) -> torch.Tensor:
+        input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
+        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: self.cache})
+        self.length += len(token_ids)
+        return out.logits[0, -1]
+
+    def rewind(self, length: int) -> None:
+        self.cache.crop(length)
+        self.length = length
+
+    def fork(self) -> TransformersSequence:
+        twin = copy.copy(self)
+        twin.cache = copy.deepcopy(self.cache)
+        return twin
+
+    def nbytes(self) -> int:
+        total = 0
+        for layer in self.cache.layers:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+
+class TransformersBackend:
+    name = "transformers"
+    can_fork = True
+
+    def __init__(self, model, tokenizer: ChatTokenizer, spec: ModelSpec) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = model.device
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.vocab_size = int(model.config.vocab_size)
+        # fp32 CPU matmuls for one row and for many agree to rounding; half precision and GPU
+        # kernels pick different algorithms by shape, so reuse of decoded tokens is not exact there.
+        self.batch_invariant = self.device.type == "cpu" and model.dtype == torch.float32
+
+    @classmethod
+    def load(cls, spec: ModelSpec, folder: Path, gguf_file: str | None = None, device: str | None = None):
+        from transformers import AutoModelForCausalLM
+
+        dev = torch.device(device) if device else default_device()
+        dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+        if gguf_file is None and not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{folder} has no config.json", "point to a Hugging Face model folder")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
+        except Exception as err:  # transformers raises OSError, ValueError, safetensors errors...
+            where = folder / gguf_file if gguf_file else folder
+            raise ModelLoadError(
+                f"cannot load model weights from {where}: {str(err).splitlines()[0]}",
+                "check that the files are complete and of an architecture transformers supports",
+            ) from err
+        model.to(dev).eval()
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        tokenizer = ChatTokenizer.from_folder(folder, extra_eos=eos_ids, gguf_file=gguf_file)
+        return cls(model, tokenizer, spec)
+
+    def new_sequence(self, capacity: int) -> TransformersSequence:
+        return TransformersSequence(self.model, capacity)
+

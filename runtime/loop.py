@@ -1,0 +1,153 @@
+"""The generation loop: prefill, then one token at a time, for every backend.
+
+It reads like gpt-fast's ``generate.py``: ``prefill`` runs the prompt, ``decode_tokens`` samples and
+feeds one token at a time, and ``run_generation`` adds what users see (stop strings, streaming text,
+usage). Nothing here knows which backend produced the logits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from collections.abc import Sequence as Seq
+from typing import Literal
+
+import torch
+from pydantic import BaseModel
+
+from slmflow.runtime.backends.base import Sequence
+from slmflow.runtime.sampling import Sampler
+from slmflow.runtime.stopping import StopStringMatcher
+from slmflow.runtime.tokenizer import ChatTokenizer, IncrementalDetokenizer
+
+FinishReason = Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    """What one generation cost."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    time_to_first_token_s: float
+    decode_tokens_per_s: float
+    total_s: float
+
+
+class GenerationResult(BaseModel):
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+
+
+def prefill(seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
+    """Feed the prompt's uncached suffix in one forward pass; return next-token logits."""
+    return seq.extend(token_ids)
+
+
+def decode_tokens(
+    seq: Sequence, logits: torch.Tensor, sampler: Callable[[torch.Tensor], int], max_tokens: int, eos: frozenset[int]
+) -> Iterator[int]:
+    """Yield sampled tokens, feeding each back, until EOS or ``max_tokens``.
+
+    The token is yielded before it is fed, so a consumer that stops early (a stop string) costs no
+    wasted forward pass; the last yielded token is then not in the cache.
+    """
+    for step in range(max_tokens):
+        token = sampler(logits)
+        yield token
+        if token in eos or step == max_tokens - 1:
+            return
+        logits = seq.extend((token,))
+
+
+def run_generation(
+    seq: Sequence,
+    prompt_ids: list[int],
+    cached: int,
+    tokenizer: ChatTokenizer,
+    sampler: Sampler,
+    max_tokens: int,
+    stop: Seq[str],
+    model_name: str,
+) -> Iterator[str]:
+    """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
+
+    ``seq`` already holds ``prompt_ids[:cached]``; only the rest is prefilled.
+    """
+    start = time.perf_counter()
+    logits = prefill(seq, prompt_ids[cached:])
+    detok = IncrementalDetokenizer(tokenizer)
+    matcher = StopStringMatcher(stop)
+    pieces: list[str] = []
+    first_token_at = None
+    finish: FinishReason = "length"
+    for token in decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids):
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
+        if token in tokenizer.eos_token_ids:
+            detok.ids.append(token)
+            finish = "stop"
+            break
+        delta = matcher.feed(detok.push(token))
+        if delta:
+            pieces.append(delta)
+            yield delta
+        if matcher.stopped:
+            finish = "stop"
+            break
+    tail = matcher.flush()
+    if tail:
+        pieces.append(tail)
+        yield tail
+    end = time.perf_counter()
+    first_token_at = first_token_at or end
+    n = len(detok.ids)
+    decode_time = end - first_token_at
+    usage = Usage(
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=n,
+        cached_tokens=cached,
+        time_to_first_token_s=first_token_at - start,
+        decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
+        total_s=end - start,
+    )
+    return GenerationResult(
+        text="".join(pieces), token_ids=list(detok.ids), finish_reason=finish, usage=usage, model=model_name
+    )
+
+
+class Response:
+    """A lazy, iterable generation: iterate for text deltas, or ask for the whole result.
+
+    Nothing runs until the first iteration or ``result()``; iterating twice replays the text.
+    """
+
+    def __init__(self, stream: Iterator[str]) -> None:
+        self._stream = stream
+        self._chunks: list[str] = []
+        self._result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._result is not None:
+            yield from self._chunks
+            return
+        while True:
+            try:
+                delta = next(self._stream)
+            except StopIteration as done:
+                self._result = done.value
+                return
+            self._chunks.append(delta)
+            yield delta
+
+    def result(self) -> GenerationResult:
+        for _ in self:
+            pass
+        assert self._result is not None
+        return self._result
+
+    def text(self) -> str:
+        return self.result().text

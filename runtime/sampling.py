@@ -1,0 +1,105 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, min-p and penalties.
+
+Written once for every backend, over torch tensors so that the same code runs on the device that
+produced the logits. Filters apply in the order Hugging Face uses (temperature, top-k, top-p,
+min-p), so a user moving from ``model.generate`` gets the distribution they expect.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    """How the next token is chosen. ``temperature == 0`` means greedy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; higher = more random")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="keep the smallest set with this total probability")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="drop tokens below min_p x the top probability")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="divide logits of tokens already in prompt or output (HF semantics)"
+    )
+    frequency_penalty: float = Field(0.0, description="subtract this x count of each generated token")
+    presence_penalty: float = Field(0.0, description="subtract this once from every generated token")
+    seed: int | None = Field(None, description="seed for reproducible sampling")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        )
+
+
+def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution sampling draws from: softmax of the tempered, filtered logits (zeros outside)."""
+    scores = logits.float() / max(params.temperature, 1e-5)
+    vocab = scores.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        # Drop the low tail whose mass is <= 1 - top_p; the most likely token always survives.
+        drop_sorted = cumulative <= (1.0 - params.top_p)
+        drop_sorted[-1] = False
+        scores = scores.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
+    probs = scores.softmax(-1)
+    if params.min_p > 0.0:
+        probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
+        probs = probs / probs.sum()
+    return probs
+
+
+class Sampler:
+    """Per-generation sampler state: the RNG and the token counts the penalties need."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: list[int], device) -> None:
+        self.params = params
+        self._rng = None
+        if not params.greedy:
+            self._rng = torch.Generator(device=device)
+            self._rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+        self._counts = None
+        self._seen = None
+        if params.penalised:
+            self._counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
+            self._seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            if prompt_ids:
+                self._seen[torch.tensor(prompt_ids, device=device)] = True
+
+    def _penalise(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        logits = logits.float().clone()
+        if p.repetition_penalty != 1.0:
+            seen = self._seen[: logits.shape[-1]]
+            picked = logits[seen]
+            logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+        counts = self._counts[: logits.shape[-1]]
+        if p.frequency_penalty:
+            logits -= p.frequency_penalty * counts
+        if p.presence_penalty:
+            logits -= p.presence_penalty * (counts > 0).float()
+        return logits
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """Pick the next token id from last-position logits (1-D, vocab-sized)."""
+        if self._counts is not None:
+            logits = self._penalise(logits)
+        if self.params.greedy:
+            token = int(torch.argmax(logits))
+        else:
+            probs = filtered_probs(logits, self.params)
+            token = int(torch.multinomial(probs, 1, generator=self._rng))
+        if self._counts is not None:
+            self._counts[token] += 1
+            self._seen[token] = True
+        return token

