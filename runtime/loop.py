@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from slmflow.runtime.backends.base import Sequence
+from slmflow.runtime.prefix_cache import CacheStats
 from slmflow.runtime.sampling import Sampler
 from slmflow.runtime.stopping import StopStringMatcher
 from slmflow.runtime.tokenizer import ChatTokenizer, IncrementalDetokenizer
@@ -40,6 +41,7 @@ class GenerationResult(BaseModel):
     finish_reason: FinishReason
     usage: Usage
     model: str
+    cache: CacheStats | None = None
 
 
 def prefill(seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
@@ -72,10 +74,13 @@ def run_generation(
     max_tokens: int,
     stop: Seq[str],
     model_name: str,
+    path: list[int],
 ) -> Iterator[str]:
     """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
 
-    ``seq`` already holds ``prompt_ids[:cached]``; only the rest is prefilled.
+    ``seq`` already holds ``prompt_ids[:cached]``; only the rest is prefilled. Every sampled token
+    is appended to ``path`` as it is chosen, so a caller that keeps ``seq`` knows which tokens its
+    KV holds even when the consumer abandons the stream midway.
     """
     start = time.perf_counter()
     logits = prefill(seq, prompt_ids[cached:])
@@ -87,6 +92,7 @@ def run_generation(
     for token in decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids):
         if first_token_at is None:
             first_token_at = time.perf_counter()
+        path.append(token)
         if token in tokenizer.eos_token_ids:
             detok.ids.append(token)
             finish = "stop"

@@ -1,20 +1,23 @@
-"""A loaded model: a backend plus the loop, behind ``generate``.
+"""A loaded model: a backend, its prefix cache, and the loop, behind ``generate``.
 
 Models are cached per spec in the process, so every agent and graph node that names the same model
-shares one set of weights (and, with the prefix cache, one set of reusable KV states).
+shares one set of weights and one prefix cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmflow.runtime import embedded
 from slmflow.runtime.backends.base import Backend
 from slmflow.runtime.config import spec_for_role
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
-from slmflow.runtime.loop import Response, run_generation
+from slmflow.runtime.loop import GenerationResult, Response, run_generation
 from slmflow.runtime.messages import Message, as_messages
+from slmflow.runtime.prefix_cache import CacheBudget, CachedState, PrefixCache, common_prefix
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
 
@@ -22,10 +25,11 @@ Prompt = str | Seq[Message] | Seq[dict] | Seq[int]
 
 
 class Model:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, cache_budget: CacheBudget | None = None) -> None:
         self.backend = backend
         self.tokenizer = backend.tokenizer
         self.spec = backend.spec
+        self.cache = PrefixCache(backend, cache_budget)
 
     @property
     def context_length(self) -> int:
@@ -45,18 +49,10 @@ class Model:
             messages = [Message(role="system", content=system), *messages]
         return self.tokenizer.apply_chat_template(messages)
 
-    def generate(
-        self,
-        prompt: Prompt,
-        *,
-        max_tokens: int = 256,
-        sampling: SamplingParams | None = None,
-        stop: Seq[str] = (),
-        system: str | None = None,
-    ) -> Response:
-        """Generate a reply. The returned :class:`Response` streams when iterated."""
-        sampling = sampling or SamplingParams()
-        ids = self.prompt_ids(prompt, system)
+    def fit(self, ids: list[int], max_tokens: int) -> int:
+        """Check the prompt against the context window; return the number of tokens there is room for."""
+        if not ids:
+            raise PromptError("the prompt has no tokens", "pass a non-empty prompt")
         if max_tokens < 1:
             raise PromptError(f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more")
         room = self.context_length - len(ids)
@@ -66,12 +62,116 @@ class Model:
                 f"{self.context_length}",
                 "shorten the prompt or use a model with a longer context",
             )
-        max_tokens = min(max_tokens, room)
-        seq = self.backend.new_sequence(capacity=len(ids) + max_tokens)
+        return min(max_tokens, room)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: int = 256,
+        sampling: SamplingParams | None = None,
+        stop: Seq[str] = (),
+        system: str | None = None,
+    ) -> Response:
+        """Generate a reply, reusing any cached prefix. The :class:`Response` streams when iterated."""
+        ids = self.prompt_ids(prompt, system)
+        max_tokens = self.fit(ids, max_tokens)
+        return Response(self._pooled(ids, max_tokens, sampling or SamplingParams(), stop))
+
+    def _pooled(self, ids, max_tokens, sampling, stop) -> Iterator[str]:
+        state, cached = self.cache.acquire(ids, needed=len(ids) + max_tokens)
+        path = list(ids)
+        try:
+            return (yield from self._stream(state, cached, ids, max_tokens, sampling, stop, path))
+        finally:
+            self.cache.release(state, path, prompt_len=len(ids))
+
+    def _stream(self, state: CachedState, cached: int, ids, max_tokens, sampling, stop, path) -> Iterator[str]:
         sampler = Sampler(sampling, self.backend.vocab_size, ids, self.backend.device)
-        return Response(
-            run_generation(seq, ids, 0, self.tokenizer, sampler, max_tokens, stop, str(self.spec))
+        result: GenerationResult = yield from run_generation(
+            state.seq, ids, cached, self.tokenizer, sampler, max_tokens, stop, str(self.spec), path
         )
+        result.cache = self.cache.stats.model_copy()
+        return result
+
+    def session(self) -> Session:
+        """A conversation with its own KV state, for rewind, snapshots and branching."""
+        return Session(self)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point in a session to come back to. On backends that can copy KV it carries a copy, so
+    restoring costs no recomputation; elsewhere it carries the tokens and restoring re-prefills
+    only what differs."""
+
+    tokens: tuple[int, ...]
+    state: CachedState | None
+
+
+class Session:
+    """A token sequence pinned to one KV state.
+
+    ``generate`` continues the session: with a prompt, it becomes the new token sequence (the part
+    shared with what the session holds is reused); without one, generation continues from the
+    session's tokens as they are (after a ``rewind`` or ``restore``, say).
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.tokens: list[int] = []
+        self._state = CachedState(model.backend.new_sequence(model.context_length))
+
+    def generate(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        max_tokens: int = 256,
+        sampling: SamplingParams | None = None,
+        stop: Seq[str] = (),
+        system: str | None = None,
+    ) -> Response:
+        ids = list(self.tokens) if prompt is None else self.model.prompt_ids(prompt, system)
+        max_tokens = self.model.fit(ids, max_tokens)
+        return Response(self._run(ids, max_tokens, sampling or SamplingParams(), stop))
+
+    def _run(self, ids, max_tokens, sampling, stop) -> Iterator[str]:
+        cache = self.model.cache
+        cached = cache.reusable(self._state, ids)
+        self._state.truncate(cached)
+        cache.stats.tokens_reused += cached
+        cache.stats.tokens_prefilled += len(ids) - cached
+        path = list(ids)
+        try:
+            return (yield from self.model._stream(self._state, cached, ids, max_tokens, sampling, stop, path))
+        finally:
+            self.tokens = path
+            self._state.record(path, len(ids), self.model.backend.batch_invariant)
+
+    def rewind(self, n_tokens: int) -> None:
+        """Forget the last ``n_tokens`` tokens (generated or prompt)."""
+        if not 0 <= n_tokens <= len(self.tokens):
+            raise PromptError(f"cannot rewind {n_tokens} tokens: the session holds {len(self.tokens)}",
+                              f"pass a number between 0 and {len(self.tokens)}")
+        keep = len(self.tokens) - n_tokens
+        del self.tokens[keep:]
+        self._state.truncate(min(keep, len(self._state.tokens)))
+
+    def snapshot(self) -> Snapshot:
+        copy = None
+        if self.model.backend.can_fork:
+            st = self._state
+            copy = CachedState(st.seq.fork(), list(st.tokens), st.exact)
+        return Snapshot(tuple(self.tokens), copy)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Return to a snapshot; the next ``generate`` continues from it."""
+        self.tokens = list(snap.tokens)
+        if snap.state is not None:
+            s = snap.state
+            self._state = CachedState(s.seq.fork(), list(s.tokens), s.exact)
+        else:
+            self._state.truncate(min(common_prefix(self._state.tokens, self.tokens), self._state.exact))
 
 
 _loaded: dict[str, Model] = {}

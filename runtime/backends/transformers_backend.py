@@ -42,7 +42,10 @@ class TransformersSequence:
         return out.logits[0, -1]
 
     def rewind(self, length: int) -> None:
-        self.cache.crop(length)
+        # A negative crop means "remove this many" in every transformers release since 4.4x; a
+        # positive one changed meaning in 5.2x, so only the negative form is used.
+        if length < self.length:
+            self.cache.crop(length - self.length)
         self.length = length
 
     def fork(self) -> TransformersSequence:
