@@ -69,8 +69,9 @@ def main(verbose: bool) -> None:
 @click.argument("prompt")
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (text, usage, finish reason)")
+@click.option("--stats", is_flag=True, help="print usage and prefix-cache stats after the reply")
 @_user_errors
-def generate(prompt: str, as_json: bool, **kwargs) -> None:
+def generate(prompt: str, as_json: bool, stats: bool, **kwargs) -> None:
     """Generate a reply to PROMPT, streaming it to the terminal."""
     sampling, opts = _split_kwargs(kwargs)
     model = load_model(opts["model_spec"], role=opts["role"])
@@ -82,12 +83,27 @@ def generate(prompt: str, as_json: bool, **kwargs) -> None:
     for delta in response:
         click.echo(delta, nl=False)
     click.echo()
+    if stats:
+        _print_stats(response.result())
+
+
+def _print_stats(result) -> None:
+    u, c = result.usage, result.cache
+    err_console.print(
+        f"[dim]{u.prompt_tokens} prompt tokens ({u.cached_tokens} from cache), {u.completion_tokens} generated, "
+        f"first token {u.time_to_first_token_s * 1000:.0f} ms, {u.decode_tokens_per_s:.1f} tok/s, "
+        f"finish: {result.finish_reason} | cache: {c.hits} hits, {c.misses} misses, "
+        f"{c.tokens_reused} tokens reused, {c.tokens_prefilled} prefilled, "
+        f"{c.states_held} states / {c.bytes_held / 2**20:.1f} MiB held ({c.policy})[/]",
+        highlight=False, soft_wrap=True,
+    )
 
 
 @main.command()
 @_model_options
+@click.option("--stats", is_flag=True, help="print usage and prefix-cache stats after each reply")
 @_user_errors
-def chat(**kwargs) -> None:
+def chat(stats: bool, **kwargs) -> None:
     """An interactive conversation; the history is kept between turns. Ctrl-D or /exit ends it."""
     sampling, opts = _split_kwargs(kwargs)
     model = load_model(opts["model_spec"], role=opts["role"])
@@ -109,6 +125,8 @@ def chat(**kwargs) -> None:
         for delta in response:
             click.echo(delta, nl=False)
         click.echo()
+        if stats:
+            _print_stats(response.result())
         history.append(Message(role="assistant", content=response.text()))
 
 

@@ -15,7 +15,7 @@ from slmflow.runtime import embedded
 from slmflow.runtime.backends.base import Backend
 from slmflow.runtime.config import spec_for_role
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
-from slmflow.runtime.loop import GenerationResult, Response, run_generation
+from slmflow.runtime.loop import Response, run_generation
 from slmflow.runtime.messages import Message, as_messages
 from slmflow.runtime.prefix_cache import CacheBudget, CachedState, PrefixCache, common_prefix
 from slmflow.runtime.sampling import Sampler, SamplingParams
@@ -82,17 +82,17 @@ class Model:
         state, cached = self.cache.acquire(ids, needed=len(ids) + max_tokens)
         path = list(ids)
         try:
-            return (yield from self._stream(state, cached, ids, max_tokens, sampling, stop, path))
+            result = yield from self._stream(state, cached, ids, max_tokens, sampling, stop, path)
         finally:
             self.cache.release(state, path, prompt_len=len(ids))
+        result.cache = self.cache.stats.model_copy()
+        return result
 
     def _stream(self, state: CachedState, cached: int, ids, max_tokens, sampling, stop, path) -> Iterator[str]:
         sampler = Sampler(sampling, self.backend.vocab_size, ids, self.backend.device)
-        result: GenerationResult = yield from run_generation(
+        return (yield from run_generation(
             state.seq, ids, cached, self.tokenizer, sampler, max_tokens, stop, str(self.spec), path
-        )
-        result.cache = self.cache.stats.model_copy()
-        return result
+        ))
 
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""
@@ -143,10 +143,12 @@ class Session:
         cache.stats.tokens_prefilled += len(ids) - cached
         path = list(ids)
         try:
-            return (yield from self.model._stream(self._state, cached, ids, max_tokens, sampling, stop, path))
+            result = yield from self.model._stream(self._state, cached, ids, max_tokens, sampling, stop, path)
         finally:
             self.tokens = path
             self._state.record(path, len(ids), self.model.backend.batch_invariant)
+        result.cache = cache.stats.model_copy()
+        return result
 
     def rewind(self, n_tokens: int) -> None:
         """Forget the last ``n_tokens`` tokens (generated or prompt)."""

@@ -96,10 +96,11 @@ class PrefixCache:
         return max(0, min(common_prefix(state.tokens, ids), limit))
 
     def capacity_for(self, needed: int) -> int:
-        """Room to ask for: cached states get headroom for later turns; uncached ones just enough."""
+        """Room to ask for: cached states get about 1k tokens of headroom for later turns (a
+        preallocating backend pays for every slot up front, so not the whole context window)."""
         if not self.enabled:
             return needed
-        return min(self.backend.context_length, max(needed, 4096))
+        return min(self.backend.context_length, (needed // 1024 + 2) * 1024)
 
     def acquire(self, ids: list[int], needed: int) -> tuple[CachedState, int]:
         """A state for a generation over ``ids`` and how many of them it already holds."""
