@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from slmflow.runtime.backends.base import Sequence
+from slmflow.runtime.constraints import ConstraintMatcher
 from slmflow.runtime.prefix_cache import CacheStats
 from slmflow.runtime.sampling import Sampler
 from slmflow.runtime.stopping import StopStringMatcher
@@ -25,11 +26,13 @@ FinishReason = Literal["stop", "length"]
 
 
 class Usage(BaseModel):
-    """What one generation cost."""
+    """What one generation cost. ``forced_tokens`` were appended by jump-forward decoding, without
+    a forward pass of their own."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    forced_tokens: int = 0
     time_to_first_token_s: float
     decode_tokens_per_s: float
     total_s: float
@@ -50,19 +53,43 @@ def prefill(seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
 
 
 def decode_tokens(
-    seq: Sequence, logits: torch.Tensor, sampler: Callable[[torch.Tensor], int], max_tokens: int, eos: frozenset[int]
-) -> Iterator[int]:
-    """Yield sampled tokens, feeding each back, until EOS or ``max_tokens``.
+    seq: Sequence,
+    logits: torch.Tensor,
+    sampler: Callable[[torch.Tensor], int],
+    max_tokens: int,
+    eos: frozenset[int],
+    matcher: ConstraintMatcher | None = None,
+    jump_forward: bool = True,
+) -> Iterator[tuple[int, bool]]:
+    """Yield ``(token, forced)`` pairs, feeding tokens back, until EOS, ``max_tokens`` or the end of
+    the constraint.
 
-    The token is yielded before it is fed, so a consumer that stops early (a stop string) costs no
-    wasted forward pass; the last yielded token is then not in the cache.
+    A token is yielded before it is fed, so a consumer that stops early (a stop string) costs no
+    wasted forward pass; the last yielded token is then not in the cache. Under a constraint, the
+    mask is applied before sampling, and tokens the grammar forces are appended together with the
+    sampled one in a single forward pass (jump-forward).
     """
-    for step in range(max_tokens):
+    produced = 0
+    while True:
+        if matcher is not None:
+            logits = matcher.mask(logits)
         token = sampler(logits)
-        yield token
-        if token in eos or step == max_tokens - 1:
+        produced += 1
+        if matcher is not None:
+            matcher.advance(token)
+        yield token, False
+        if token in eos or produced == max_tokens or (matcher is not None and matcher.finished):
             return
-        logits = seq.extend((token,))
+        new = [token]
+        if matcher is not None and jump_forward:
+            for forced in matcher.forced_tokens()[: max_tokens - produced]:
+                matcher.advance(forced)
+                produced += 1
+                new.append(forced)
+                yield forced, True
+            if produced == max_tokens or matcher.finished:
+                return
+        logits = seq.extend(new)
 
 
 def run_generation(
@@ -75,6 +102,8 @@ def run_generation(
     stop: Seq[str],
     model_name: str,
     path: list[int],
+    matcher: ConstraintMatcher | None = None,
+    jump_forward: bool = True,
 ) -> Iterator[str]:
     """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
 
@@ -85,26 +114,32 @@ def run_generation(
     start = time.perf_counter()
     logits = prefill(seq, prompt_ids[cached:])
     detok = IncrementalDetokenizer(tokenizer)
-    matcher = StopStringMatcher(stop)
+    stopper = StopStringMatcher(stop)
     pieces: list[str] = []
     first_token_at = None
     finish: FinishReason = "length"
-    for token in decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids):
+    n_forced = 0
+    steps = decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids, matcher, jump_forward)
+    for token, forced in steps:
         if first_token_at is None:
             first_token_at = time.perf_counter()
+        n_forced += forced
         path.append(token)
         if token in tokenizer.eos_token_ids:
             detok.ids.append(token)
             finish = "stop"
             break
-        delta = matcher.feed(detok.push(token))
+        delta = stopper.feed(detok.push(token))
         if delta:
             pieces.append(delta)
             yield delta
-        if matcher.stopped:
+        if stopper.stopped:
             finish = "stop"
             break
-    tail = matcher.flush()
+    else:
+        if matcher is not None and matcher.finished:
+            finish = "stop"
+    tail = stopper.flush()
     if tail:
         pieces.append(tail)
         yield tail
@@ -116,6 +151,7 @@ def run_generation(
         prompt_tokens=len(prompt_ids),
         completion_tokens=n,
         cached_tokens=cached,
+        forced_tokens=n_forced,
         time_to_first_token_s=first_token_at - start,
         decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
         total_s=end - start,

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmflow.runtime import embedded
+from functools import cached_property
+
+from pydantic import BaseModel
+
 from slmflow.runtime.backends.base import Backend
+from slmflow.runtime.constraints import Constraint, ConstraintEngine, JsonSchema, parse_output
 from slmflow.runtime.config import spec_for_role
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
 from slmflow.runtime.loop import Response, run_generation
@@ -64,6 +69,11 @@ class Model:
             )
         return min(max_tokens, room)
 
+    @cached_property
+    def constraints(self) -> ConstraintEngine:
+        """The constraint engine for this model's tokenizer (built on first use, ~0.3 s)."""
+        return ConstraintEngine(self.tokenizer.hf, self.backend.vocab_size, self.tokenizer.eos_token_ids)
+
     def generate(
         self,
         prompt: Prompt,
@@ -72,31 +82,58 @@ class Model:
         sampling: SamplingParams | None = None,
         stop: Seq[str] = (),
         system: str | None = None,
-    ) -> Response:
-        """Generate a reply, reusing any cached prefix. The :class:`Response` streams when iterated."""
-        ids = self.prompt_ids(prompt, system)
-        max_tokens = self.fit(ids, max_tokens)
-        return Response(self._pooled(ids, max_tokens, sampling or SamplingParams(), stop))
+        constraint: Constraint | None = None,
+        output: type[BaseModel] | None = None,
+        jump_forward: bool = True,
+    ):
+        """Generate a reply, reusing any cached prefix.
 
-    def _pooled(self, ids, max_tokens, sampling, stop) -> Iterator[str]:
-        state, cached = self.cache.acquire(ids, needed=len(ids) + max_tokens)
+        Returns a :class:`Response` that streams when iterated; with ``output=SomeModel``, the
+        reply is generated under that model's JSON Schema and returned as a validated instance.
+        A bad ``constraint`` raises ConstraintError here, before any token is generated.
+        """
+        ids = self.prompt_ids(prompt, system)
+        run = _Run(self.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
+                   self._matcher(constraint, output))
+        response = Response(self._pooled(ids, run))
+        return response if output is None else parse_output(output, response.text())
+
+    def _matcher(self, constraint: Constraint | None, output: type[BaseModel] | None):
+        if output is not None:
+            constraint = JsonSchema(output)
+        return self.constraints.matcher(constraint) if constraint is not None else None
+
+    def _pooled(self, ids, run: _Run) -> Iterator[str]:
+        state, cached = self.cache.acquire(ids, needed=len(ids) + run.max_tokens)
         path = list(ids)
         try:
-            result = yield from self._stream(state, cached, ids, max_tokens, sampling, stop, path)
+            result = yield from self._stream(state, cached, ids, run, path)
         finally:
             self.cache.release(state, path, prompt_len=len(ids))
         result.cache = self.cache.stats.model_copy()
         return result
 
-    def _stream(self, state: CachedState, cached: int, ids, max_tokens, sampling, stop, path) -> Iterator[str]:
-        sampler = Sampler(sampling, self.backend.vocab_size, ids, self.backend.device)
+    def _stream(self, state: CachedState, cached: int, ids, run: _Run, path) -> Iterator[str]:
+        sampler = Sampler(run.sampling, self.backend.vocab_size, ids, self.backend.device)
         return (yield from run_generation(
-            state.seq, ids, cached, self.tokenizer, sampler, max_tokens, stop, str(self.spec), path
+            state.seq, ids, cached, self.tokenizer, sampler, run.max_tokens, run.stop, str(self.spec), path,
+            run.matcher, run.jump_forward,
         ))
 
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""
         return Session(self)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The per-call options of one generation, checked and ready."""
+
+    max_tokens: int
+    sampling: SamplingParams
+    stop: Seq[str]
+    jump_forward: bool
+    matcher: object | None
 
 
 @dataclass(frozen=True)
@@ -130,12 +167,16 @@ class Session:
         sampling: SamplingParams | None = None,
         stop: Seq[str] = (),
         system: str | None = None,
+        constraint: Constraint | None = None,
+        jump_forward: bool = True,
     ) -> Response:
+        """Continue the session (see the class docstring); options as in :meth:`Model.generate`."""
         ids = list(self.tokens) if prompt is None else self.model.prompt_ids(prompt, system)
-        max_tokens = self.model.fit(ids, max_tokens)
-        return Response(self._run(ids, max_tokens, sampling or SamplingParams(), stop))
+        run = _Run(self.model.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
+                   self.model._matcher(constraint, None))
+        return Response(self._run(ids, run))
 
-    def _run(self, ids, max_tokens, sampling, stop) -> Iterator[str]:
+    def _run(self, ids, run: _Run) -> Iterator[str]:
         cache = self.model.cache
         cached = cache.reusable(self._state, ids)
         self._state.truncate(cached)
@@ -143,7 +184,7 @@ class Session:
         cache.stats.tokens_prefilled += len(ids) - cached
         path = list(ids)
         try:
-            result = yield from self.model._stream(self._state, cached, ids, max_tokens, sampling, stop, path)
+            result = yield from self.model._stream(self._state, cached, ids, run, path)
         finally:
             self.tokens = path
             self._state.record(path, len(ids), self.model.backend.batch_invariant)

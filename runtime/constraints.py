@@ -1,0 +1,256 @@
+"""Constraints as values, and the one adapter that enforces them in the loop.
+
+``JsonSchema``, ``Regex``, ``Choice`` and ``Grammar`` describe what the output must look like. The
+engine is llguidance (see bench/RESULTS.md for why): each constraint compiles to an llguidance
+grammar, a matcher computes the allowed-token mask for the next position, and the loop applies it
+to the logits before sampling, so every sampling option still works under a constraint. Where the
+grammar leaves only one way forward, ``forced_tokens`` returns those tokens so the loop can append
+them in one forward pass (jump-forward decoding).
+
+Engines that take no mask (served models) use ``native_schema`` to pass a JSON Schema through
+their own structured-output option and ``validate_text`` to check what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ValidationError
+
+from slmflow.runtime.errors import SlmflowError
+
+# One space after ',' and ':' and no other whitespace: the model cannot pad until the token limit.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class ConstraintError(SlmflowError):
+    """A constraint that cannot be compiled: invalid regex, grammar syntax, unsupported schema keyword."""
+
+
+class StructuredOutputError(SlmflowError):
+    """Generated text that does not parse or validate as the requested output type."""
+
+    def __init__(self, problem: str, raw_text: str) -> None:
+        super().__init__(problem, "raise max_tokens if the output was cut off; the raw text is on .raw_text")
+        self.raw_text = raw_text
+
+
+# Generation-time caps for values the schema leaves unbounded. A small model can loop inside a
+# string, a number's digits or an array until the token limit cuts the JSON off; with these caps it
+# must close them. Outputs remain valid against the caller's schema (the caps only narrow it).
+MAX_STRING_CHARS = 96
+MAX_ARRAY_ITEMS = 12
+NUMBER_STEP = 1e-6
+INTEGER_LIMIT = 10**15
+
+
+def _bounded(node):
+    if isinstance(node, list):
+        return [_bounded(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: (v if k in ("enum", "const", "default", "examples") else _bounded(v)) for k, v in node.items()}
+    kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+    free = not any(k in node for k in ("enum", "const"))
+    if free and "string" in kinds and not any(k in node for k in ("maxLength", "pattern", "format")):
+        node["maxLength"] = MAX_STRING_CHARS
+    if free and "array" in kinds and "maxItems" not in node:
+        node["maxItems"] = max(MAX_ARRAY_ITEMS, node.get("minItems", 0))
+    if free and "number" in kinds and "multipleOf" not in node:
+        node["multipleOf"] = NUMBER_STEP
+    if free and ("integer" in kinds or "number" in kinds):
+        node.setdefault("maximum", INTEGER_LIMIT)
+        node.setdefault("minimum", -INTEGER_LIMIT)
+    return node
+
+
+@dataclass(frozen=True)
+class JsonSchema:
+    """Output is JSON valid against ``schema`` (a dict, or a pydantic model class).
+
+    ``bounded`` (default) caps unbounded strings, arrays and decimals while generating; see
+    MAX_STRING_CHARS and friends.
+    """
+
+    schema: Any
+    bounded: bool = True
+
+    @property
+    def schema_dict(self) -> dict:
+        if isinstance(self.schema, type) and issubclass(self.schema, BaseModel):
+            # pydantic drops unknown fields anyway, so generating them only wastes tokens: close
+            # every object the model class describes.
+            return _closed_objects(self.schema.model_json_schema())
+        if isinstance(self.schema, str):
+            return json.loads(self.schema)
+        return self.schema
+
+    def grammar(self) -> str:
+        import llguidance
+
+        try:
+            schema = _bounded(self.schema_dict) if self.bounded else self.schema_dict
+            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+        except ValueError as err:
+            raise ConstraintError(f"invalid JSON Schema: {err}", "pass a JSON object schema") from err
+
+    def validate_text(self, text: str) -> Any:
+        import jsonschema
+
+        try:
+            value = json.loads(text)
+            jsonschema.validate(value, self.schema_dict)
+        except (json.JSONDecodeError, jsonschema.ValidationError) as err:
+            raise StructuredOutputError(f"output is not valid against the schema: {err}", text) from err
+        return value
+
+
+def _closed_objects(node):
+    if isinstance(node, dict):
+        node = {k: _closed_objects(v) for k, v in node.items()}
+        if node.get("type") == "object" and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+    elif isinstance(node, list):
+        node = [_closed_objects(v) for v in node]
+    return node
+
+
+@dataclass(frozen=True)
+class Regex:
+    """Output matches ``pattern`` in full."""
+
+    pattern: str
+
+    def grammar(self) -> str:
+        import llguidance
+
+        return llguidance.LLMatcher.grammar_from_regex(self.pattern)
+
+    def validate_text(self, text: str) -> str:
+        if re.fullmatch(self.pattern, text) is None:
+            raise StructuredOutputError(f"output does not match /{self.pattern}/", text)
+        return text
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Output is exactly one of ``options``."""
+
+    options: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not self.options or not all(isinstance(o, str) and o for o in self.options):
+            raise ConstraintError("Choice needs at least one non-empty string option", "pass e.g. Choice(['yes', 'no'])")
+
+    def grammar(self) -> str:
+        import llguidance
+
+        alternatives = " | ".join(json.dumps(o) for o in self.options)
+        return llguidance.LLMatcher.grammar_from_lark(f"start: {alternatives}")
+
+    def validate_text(self, text: str) -> str:
+        if text not in self.options:
+            raise StructuredOutputError(f"output {text!r} is not one of {list(self.options)}", text)
+        return text
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """Output follows a Lark grammar (or a GBNF one, as llama.cpp writes them; it is converted)."""
+
+    text: str
+
+    def grammar(self) -> str:
+        import llguidance
+        from llguidance.gbnf_to_lark import any_to_lark
+
+        try:
+            lark = any_to_lark(self.text)
+        except Exception as err:  # the converter raises plain exceptions on malformed GBNF
+            raise ConstraintError(f"grammar syntax error: {err}", "check the grammar text") from err
+        return llguidance.LLMatcher.grammar_from_lark(lark)
+
+    def validate_text(self, text: str) -> str:
+        raise ConstraintError(
+            "this model's engine cannot enforce a grammar", "use a local model, or a JsonSchema/Regex/Choice constraint"
+        )
+
+
+Constraint = JsonSchema | Regex | Choice | Grammar
+
+
+def native_schema(constraint: Constraint) -> dict | None:
+    """The JSON Schema to hand an engine's own structured-output option (None: the engine cannot)."""
+    return constraint.schema_dict if isinstance(constraint, JsonSchema) else None
+
+
+class ConstraintEngine:
+    """llguidance bound to one model's tokenizer; compiled grammars are cached by text."""
+
+    def __init__(self, hf_tokenizer, vocab_size: int, eos_token_ids: Sequence[int]) -> None:
+        import llguidance.hf
+
+        self.vocab_size = vocab_size
+        self._tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
+                                                      eos_token=sorted(eos_token_ids))
+        self._compile = lru_cache(maxsize=256)(self._compile_uncached)
+
+    def _compile_uncached(self, grammar: str):
+        import llguidance
+
+        matcher = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            return matcher.get_error()
+        return matcher
+
+    def matcher(self, constraint: Constraint) -> ConstraintMatcher:
+        """A fresh matcher, or ConstraintError (with the engine's message) before any token is generated."""
+        compiled = self._compile(constraint.grammar())
+        if isinstance(compiled, str):
+            kind = type(constraint).__name__
+            raise ConstraintError(f"{kind} constraint rejected: {compiled.strip()}",
+                                  "fix the part of the constraint the engine points at")
+        return ConstraintMatcher(compiled.deep_copy(), self.vocab_size)
+
+
+class ConstraintMatcher:
+    """Per-generation state: which tokens may come next."""
+
+    def __init__(self, matcher, vocab_size: int) -> None:
+        self._m = matcher
+        self._vocab = vocab_size
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        allowed = torch.from_numpy(bits[: logits.shape[-1]].astype(bool)).to(logits.device)
+        if allowed.shape[-1] < logits.shape[-1]:  # logits padded beyond the tokenizer's vocabulary
+            allowed = torch.nn.functional.pad(allowed, (0, logits.shape[-1] - allowed.shape[-1]))
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def advance(self, token: int) -> None:
+        if not self._m.consume_token(token):
+            raise ConstraintError(f"constraint engine refused token {token}: {self._m.get_error()}",
+                                  "report this as a bug with the constraint")
+
+    def forced_tokens(self) -> list[int]:
+        return list(self._m.compute_ff_tokens())
+
+    @property
+    def finished(self) -> bool:
+        return self._m.is_stopped()
+
+
+def parse_output(output_type: type[BaseModel], text: str) -> BaseModel:
+    try:
+        return output_type.model_validate_json(text)
+    except ValidationError as err:
+        raise StructuredOutputError(
+            f"output is not a valid {output_type.__name__}: {err.errors()[0]['msg']}", text
+        ) from err
