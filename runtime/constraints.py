@@ -51,12 +51,24 @@ NUMBER_STEP = 1e-6
 INTEGER_LIMIT = 10**15
 
 
-def _bounded(node):
+SHAPE_KEYS = ("type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "properties", "items", "not")
+# An untyped node accepts any JSON; generate it as a scalar or a flat list of scalars.
+ANY_VALUE = {"type": ["string", "number", "boolean", "null", "array"],
+             "items": {"type": ["string", "number", "boolean", "null"]}}
+
+
+def _bounded(node, in_schema_map: bool = False):
     if isinstance(node, list):
         return [_bounded(v) for v in node]
     if not isinstance(node, dict):
         return node
-    node = {k: (v if k in ("enum", "const", "default", "examples") else _bounded(v)) for k, v in node.items()}
+    if in_schema_map:  # the values of properties / $defs are schemas, the keys are names
+        return {k: _bounded(v) for k, v in node.items()}
+    if not any(k in node for k in SHAPE_KEYS):
+        node = {**node, **ANY_VALUE}
+    node = {k: (v if k in ("enum", "const", "default", "examples")
+                else _bounded(v, in_schema_map=k in ("properties", "$defs", "definitions", "patternProperties")))
+            for k, v in node.items()}
     kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
     free = not any(k in node for k in ("enum", "const"))
     if free and "string" in kinds and not any(k in node for k in ("maxLength", "pattern", "format")):
@@ -220,6 +232,9 @@ class ConstraintEngine:
         return ConstraintMatcher(compiled.deep_copy(), self.vocab_size)
 
 
+_NEG_INF = torch.tensor(float("-inf"))
+
+
 class ConstraintMatcher:
     """Per-generation state: which tokens may come next."""
 
@@ -228,11 +243,13 @@ class ConstraintMatcher:
         self._vocab = vocab_size
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits with every disallowed token at -inf (padding beyond the vocabulary included)."""
         bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        allowed = torch.from_numpy(bits[: logits.shape[-1]].astype(bool)).to(logits.device)
-        if allowed.shape[-1] < logits.shape[-1]:  # logits padded beyond the tokenizer's vocabulary
-            allowed = torch.nn.functional.pad(allowed, (0, logits.shape[-1] - allowed.shape[-1]))
-        return logits.masked_fill(~allowed, float("-inf"))
+        n = logits.shape[-1]
+        if bits.shape[0] < n:
+            bits = np.pad(bits, (0, n - bits.shape[0]))
+        allowed = torch.from_numpy(bits[:n].view(np.bool_)).to(logits.device)
+        return torch.where(allowed, logits, _NEG_INF.to(logits.device))
 
     def advance(self, token: int) -> None:
         if not self._m.consume_token(token):
