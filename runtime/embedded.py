@@ -146,17 +146,24 @@ def _build_onnx(hf_dir: Path, out: Path) -> None:
         )
 
 
+def _ensure(final: Path, stage: str, build, source: Path) -> Path:
+    """Build ``final`` once, showing progress; later calls return it at once."""
+    if is_complete(final):
+        return final
+    with _progress() as progress:
+        task = progress.add_task(f"Converting {EMBEDDED_NAME}: {stage} (once)", total=None)
+        _build_atomically(final, build, str(source))
+        progress.update(task, total=1, completed=1)
+    return final
+
+
 def ensure_hf() -> Path:
     """The embedded model as a transformers folder, converting from GGUF on first use."""
     st = state()
     if st.hf_ready:
         return st.hf_dir
     gguf = _require_gguf()
-    with _progress() as progress:
-        task = progress.add_task(f"Converting {EMBEDDED_NAME}: GGUF → transformers (once)", total=None)
-        _build_atomically(st.hf_dir, lambda tmp: _convert_gguf_to_hf(gguf, tmp), str(gguf))
-        progress.update(task, total=1, completed=1)
-    return st.hf_dir
+    return _ensure(st.hf_dir, "GGUF → transformers", lambda tmp: _convert_gguf_to_hf(gguf, tmp), gguf)
 
 
 def ensure_onnx() -> Path:
@@ -165,11 +172,7 @@ def ensure_onnx() -> Path:
     if st.onnx_ready:
         return st.onnx_dir
     hf_dir = ensure_hf()
-    with _progress() as progress:
-        task = progress.add_task(f"Converting {EMBEDDED_NAME}: transformers → int4 ONNX (once)", total=None)
-        _build_atomically(st.onnx_dir, lambda tmp: _build_onnx(hf_dir, tmp), str(hf_dir))
-        progress.update(task, total=1, completed=1)
-    return st.onnx_dir
+    return _ensure(st.onnx_dir, "transformers → int4 ONNX", lambda tmp: _build_onnx(hf_dir, tmp), hf_dir)
 
 
 def _progress():
