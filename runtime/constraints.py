@@ -232,24 +232,33 @@ class ConstraintEngine:
         return ConstraintMatcher(compiled.deep_copy(), self.vocab_size)
 
 
-_NEG_INF = torch.tensor(float("-inf"))
-
 
 class ConstraintMatcher:
     """Per-generation state: which tokens may come next."""
 
     def __init__(self, matcher, vocab_size: int) -> None:
+        import llguidance.torch
+
         self._m = matcher
         self._vocab = vocab_size
+        self._fill = llguidance.torch.fill_next_token_bitmask
+        self._words = llguidance.torch.allocate_token_bitmask(1, vocab_size)  # filled in place, no copy
+        self._bytes = self._words.numpy().view(np.uint8)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits with every disallowed token at -inf (padding beyond the vocabulary included)."""
-        bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        self._fill(self._m, self._words, 0)
         n = logits.shape[-1]
+        bits = np.unpackbits(self._bytes, bitorder="little").view(np.bool_)
         if bits.shape[0] < n:
             bits = np.pad(bits, (0, n - bits.shape[0]))
-        allowed = torch.from_numpy(bits[:n].view(np.bool_)).to(logits.device)
-        return torch.where(allowed, logits, _NEG_INF.to(logits.device))
+        bits = bits[:n]
+        if logits.device.type == "cpu":  # numpy's masked copy is the fastest path on the host
+            out = np.full(n, -np.inf, dtype=np.float32)
+            np.copyto(out, logits.float().numpy(), where=bits)
+            return torch.from_numpy(out)
+        allowed = torch.from_numpy(bits).to(logits.device, non_blocking=True)
+        return torch.where(allowed, logits, torch.tensor(float("-inf"), device=logits.device))
 
     def advance(self, token: int) -> None:
         if not self._m.consume_token(token):

@@ -95,12 +95,14 @@ class PrefixCache:
         limit = min(state.exact, len(ids) - self.min_suffix)
         return max(0, min(common_prefix(state.tokens, ids), limit))
 
-    def capacity_for(self, needed: int) -> int:
-        """Room to ask for: cached states get about 1k tokens of headroom for later turns (a
-        preallocating backend pays for every slot up front, so not the whole context window)."""
+    def capacity_for(self, prompt_len: int, needed: int) -> int:
+        """Room to ask for. A preallocating backend pays for every slot up front (onnxruntime-genai
+        zeroes ~46 KiB per token of capacity for the embedded model), so a cached state gets room to
+        double its prompt rather than the whole window: later turns fit, and an outgrown state costs
+        one re-prefill, as a growing array costs one copy."""
         if not self.enabled:
             return needed
-        return min(self.backend.context_length, (needed // 1024 + 2) * 1024)
+        return min(self.backend.context_length, max(needed, 2 * prompt_len) + 256)
 
     def acquire(self, ids: list[int], needed: int) -> tuple[CachedState, int]:
         """A state for a generation over ``ids`` and how many of them it already holds."""
@@ -120,7 +122,8 @@ class PrefixCache:
                 state = best
         else:
             self.stats.misses += 1
-            state = self._recycle(needed) or CachedState(self.backend.new_sequence(self.capacity_for(needed)))
+            state = self._recycle(needed) or CachedState(
+                self.backend.new_sequence(self.capacity_for(len(ids), needed)))
             best_len = 0
         state.truncate(best_len)
         self.stats.tokens_prefilled += len(ids) - best_len
