@@ -71,7 +71,7 @@ def _bounded(node, in_schema_map: bool = False):
             for k, v in node.items()}
     kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
     free = not any(k in node for k in ("enum", "const"))
-    if free and "string" in kinds and not any(k in node for k in ("maxLength", "pattern", "format")):
+    if free and "string" in kinds and not any(k in node for k in ("maxLength", "pattern")):
         node["maxLength"] = MAX_STRING_CHARS
     if free and "array" in kinds and "maxItems" not in node:
         node["maxItems"] = max(MAX_ARRAY_ITEMS, node.get("minItems", 0))
@@ -247,7 +247,15 @@ class ConstraintMatcher:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits with every disallowed token at -inf (padding beyond the vocabulary included)."""
+        self.fill()
+        return self.apply(logits)
+
+    def fill(self) -> None:
+        """Compute the allowed-token bitmask for the next position (the engine's work)."""
         self._fill(self._m, self._words, 0)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set the logits of tokens outside the last computed bitmask to -inf."""
         n = logits.shape[-1]
         bits = np.unpackbits(self._bytes, bitorder="little").view(np.bool_)
         if bits.shape[0] < n:

@@ -11,7 +11,10 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
 
 from slmflow.evals.bfcl import load_questions, to_json_schema
 from slmflow.runtime import SamplingParams
@@ -162,3 +165,40 @@ def test_every_regex_output_matches(onnx_model, pattern):
                         min_size=1, max_size=5, unique=True))
 def test_every_choice_output_is_a_member(onnx_model, options):
     assert onnx_model.generate("Choose one.", constraint=Choice(options)).text() in options
+
+
+class Status(str, Enum):
+    NEW = "new"
+    PAID = "paid"
+
+
+class Address(BaseModel):
+    city: str
+    postcode: str | None = None
+
+
+class Order(BaseModel):
+    kind: Literal["pickup", "delivery"]
+    status: Status
+    items: Annotated[list[str], Field(min_length=1, max_length=3)]
+    quantity: Annotated[int, Field(ge=1, le=9)]
+    address: Address  # nested model: a $ref into $defs
+    note: str | None = None
+
+
+def test_schema_features_refs_enums_const_bounds_optional(onnx_model):
+    schema = JsonSchema(Order).schema_dict
+    assert "$defs" in schema and schema["additionalProperties"] is False
+    order = onnx_model.generate("Make an order for two books delivered to Lyon.", output=Order, max_tokens=200)
+    assert isinstance(order, Order) and 1 <= len(order.items) <= 3
+
+
+def test_one_of_and_formats(onnx_model):
+    schema = {"type": "object", "additionalProperties": False, "required": ["when", "contact"],
+              "properties": {"when": {"type": "string", "format": "date"},
+                             "contact": {"oneOf": [{"type": "string", "format": "email"},
+                                                   {"type": "integer", "minimum": 100, "maximum": 999}]}}}
+    value = json.loads(onnx_model.generate("Give a date and a contact.", constraint=JsonSchema(schema),
+                                           max_tokens=120).text())
+    jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", value["when"])
