@@ -62,4 +62,5 @@ def test_cuda_bf16_model_generates(tiny_phi3_hf):
     spec = parse_spec(f"hf:{tiny_phi3_hf}")
     model = Model(TransformersBackend.load(spec, tiny_phi3_hf, device="cuda"))
     assert model.backend.model.dtype == torch.bfloat16
-    assert len(model.generate(PROMPT, max_tokens=16).result().token_ids) == 16
+    result = model.generate(PROMPT, max_tokens=16).result()
+    assert 1 <= len(result.token_ids) <= 16 and result.finish_reason in ("stop", "length")
