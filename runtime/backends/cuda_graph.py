@@ -7,11 +7,14 @@ sequence (a ``StaticCache``), the one-token decode step is a pure function of (t
 cache) whose inputs live in fixed device buffers, and that step is captured once as a CUDA graph and
 replayed for every token: one launch per token instead of hundreds.
 
-Rewinding a static cache only moves the position: entries past it are masked as future positions
-and overwritten by the next tokens, so prefix reuse keeps positions instead of copying them.
+Rewinding a static cache only moves the write position (transformers' per-layer
+``cumulative_length`` device counter, which also sets the attention mask's query offset): entries
+past it are masked as future positions and overwritten by the next tokens, so prefix reuse keeps
+positions instead of copying them.
 
-Prefill runs eagerly, padded on the right to a bucket length (pads sit after the real tokens, so
-causal attention never lets a real token see them, and decoding overwrites their slots).
+Prefill runs eagerly, padded on the right to a bucket length so few shapes occur; pads sit after the
+real tokens, so causal attention never lets a real token see them, and moving the write position
+back to the real length makes their slots future positions that decoding overwrites.
 """
 
 from __future__ import annotations
@@ -82,7 +85,15 @@ class CudaGraphSequence:
         positions = torch.arange(self.length, self.length + padded, device=self._model.device)
         logits = self._forward(ids, positions)[n - 1]
         self.length += n
+        self._set_write_position(self.length)
         return logits
+
+    def _set_write_position(self, length: int) -> None:
+        """Point every layer's write counter at ``length`` (in place: the graph holds its address)."""
+        for layer in self.cache.layers:
+            counter = getattr(layer, "cumulative_length", None)
+            if isinstance(counter, torch.Tensor):
+                counter.fill_(length)
 
     def _ensure_graph(self) -> bool:
         """Capture the decode step on first use (the cache must already hold the prompt)."""
@@ -98,9 +109,11 @@ class CudaGraphSequence:
                 for _ in range(2):
                     self._forward(self._token, self._position)
             torch.cuda.current_stream().wait_stream(stream)
+            self._set_write_position(self.length)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._graph_logits = self._forward(self._token, self._position)[0]
+            self._set_write_position(self.length)
         except Exception as err:  # capture refuses host syncs or dynamic shapes inside the model
             self._graph_failed = True
             log.warning("CUDA graph capture failed (%s); decoding eagerly on the static cache",
@@ -110,7 +123,8 @@ class CudaGraphSequence:
         return True
 
     def rewind(self, length: int) -> None:
-        self.length = length  # later slots are future positions: masked, then overwritten
+        self.length = length  # later slots become future positions: masked, then overwritten
+        self._set_write_position(length)
 
     def fork(self) -> CudaGraphSequence:
         twin = CudaGraphSequence(self._model, self.capacity)
@@ -120,6 +134,7 @@ class CudaGraphSequence:
                 theirs.keys.copy_(mine.keys)
                 theirs.values.copy_(mine.values)
         twin.length = self.length
+        twin._set_write_position(self.length)
         return twin
 
     def nbytes(self) -> int:
