@@ -211,7 +211,7 @@ class ConstraintEngine:
 
         self.vocab_size = vocab_size
         self._tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size,
-                                                      eos_token=sorted(eos_token_ids))
+                                                      eos_token=sorted(eos_token_ids) or None)
         self._compile = lru_cache(maxsize=256)(self._compile_uncached)
 
     def _compile_uncached(self, grammar: str):

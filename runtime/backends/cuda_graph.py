@@ -88,6 +88,7 @@ class CudaGraphSequence:
         self._set_write_position(self.length)
         return logits
 
+    @torch.inference_mode()
     def _set_write_position(self, length: int) -> None:
         """Point every layer's write counter at ``length`` (in place: the graph holds its address)."""
         for layer in self.cache.layers:
