@@ -93,8 +93,12 @@ def main() -> None:
     parser.add_argument("--shapes", default="phi3.5-mini,smollm2-135m")
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=256)
+    parser.add_argument("--compile", choices=["0", "1"], default="1", help="SLMFLOW_TORCH_COMPILE for this run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    import os
+
+    os.environ["SLMFLOW_TORCH_COMPILE"] = args.compile
     from transformers import AutoTokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -139,7 +143,8 @@ def main() -> None:
     for key in results[0]:
         if key != "shape":
             print(f"{key:<34}" + "".join(f"{r[key]:>16}" for r in results))
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}))
+    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                      "compile": args.compile, "results": results}))
 
 
 if __name__ == "__main__":

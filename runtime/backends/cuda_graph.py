@@ -65,6 +65,13 @@ class CudaGraphSequence:
         )
         return out.logits[0]
 
+    def _decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The one-token step that the graph captures: compiled (fused kernels) when enabled."""
+        step = _compiled_step(self._model) if compile_enabled() else None
+        if step is None:
+            return self._forward(input_ids, positions)
+        return step(self._model, input_ids, positions, self.cache, self._cache_arg)
+
     @torch.inference_mode()
     def extend(self, token_ids: Seq[int]) -> torch.Tensor:
         n = len(token_ids)
@@ -107,13 +114,13 @@ class CudaGraphSequence:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(self._token, self._position)
+                for _ in range(3):
+                    self._decode_step(self._token, self._position)
             torch.cuda.current_stream().wait_stream(stream)
             self._set_write_position(self.length)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._graph_logits = self._forward(self._token, self._position)[0]
+                self._graph_logits = self._decode_step(self._token, self._position)[0]
             self._set_write_position(self.length)
         except Exception as err:  # capture refuses host syncs or dynamic shapes inside the model
             self._graph_failed = True
@@ -147,6 +154,34 @@ class CudaGraphSequence:
         return total
 
 
+def compile_enabled() -> bool:
+    import os
+
+    return os.environ.get("SLMFLOW_TORCH_COMPILE", "1") != "0"
+
+
+def _step_function(model, input_ids, positions, cache, cache_arg):
+    out = model(input_ids=input_ids, cache_position=positions, position_ids=positions.unsqueeze(0),
+                use_cache=True, **{cache_arg: cache})
+    return out.logits[0]
+
+
+_compiled: dict[int, object] = {}
+
+
+def _compiled_step(model):
+    """torch.compile of the decode step, one per model (shapes are static, so no recompiles per
+    sequence of the same capacity); None where compile is unavailable, after one log line."""
+    key = id(model)
+    if key not in _compiled:
+        try:
+            _compiled[key] = torch.compile(_step_function, dynamic=False)
+        except Exception as err:  # no inductor/triton for this device or torch build
+            log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
+            _compiled[key] = None
+    return _compiled[key]
+
+
 def cuda_graphs_usable(device: torch.device) -> tuple[bool, str]:
     """Whether the fast path can run here, and why not when it cannot."""
     import os
@@ -157,4 +192,5 @@ def cuda_graphs_usable(device: torch.device) -> tuple[bool, str]:
         return False, "SLMFLOW_CUDA_GRAPHS=0"
     if not hasattr(torch.cuda, "CUDAGraph"):
         return False, f"torch {torch.__version__} has no CUDA graphs"
-    return True, "static KV cache + CUDA-graph decode"
+    how = "torch.compile + " if compile_enabled() else ""
+    return True, f"static KV cache + {how}CUDA-graph decode"
