@@ -175,6 +175,10 @@ def _compiled_step(model):
     key = id(model)
     if key not in _compiled:
         try:
+            import torch._inductor.config as inductor
+
+            # Tunes the block sizes of the one-row matmuls that dominate decoding (as gpt-fast does).
+            inductor.coordinate_descent_tuning = True
             _compiled[key] = torch.compile(_step_function, dynamic=False)
         except Exception as err:  # no inductor/triton for this device or torch build
             log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
