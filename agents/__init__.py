@@ -1,1 +1,5 @@
-"""Agents: a model role, a system prompt, tools and an output type bound together (step 4)."""
+"""Agents: a model role, a system prompt, tools and an output type bound together."""
+
+from slmflow.agents.agent import Agent, AgentEvent, AgentLimits, AgentResult
+
+__all__ = ["Agent", "AgentEvent", "AgentLimits", "AgentResult"]

@@ -1,0 +1,157 @@
+"""Agents: a model, a system prompt, tools and an optional output type, run as an act-observe loop.
+
+Each step is one constrained model turn (runtime/tool_calling.py): the model answers or calls tools;
+calls run through the ToolRegistry and their results go back as ``tool`` messages. The loop stops
+at an answer, at ``max_steps``, or at the timeout, with a status saying which. Every step is in the
+trace: messages, tool calls, results, usage and timings.
+
+Before each model call the prompt is counted against the model's real context window. If history +
+tools would not fit, the oldest turns are dropped (the system prompt, tool definitions and the
+latest user message stay) and the trace says so; if even that does not fit, the run fails with a
+clear error instead of a silent truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmflow.runtime import Model, SamplingParams, load_model
+from slmflow.runtime.errors import PromptError
+from slmflow.runtime.loop import Usage
+from slmflow.runtime.messages import Message
+from slmflow.runtime.tool_calling import ToolCall, ToolChoice, generate_with_tools, tool_prompt
+from slmflow.tools.base import Tool, ToolRegistry, ToolResult
+
+
+class AgentLimits(BaseModel):
+    max_steps: int = Field(8, ge=1)
+    max_tokens: int = Field(512, ge=1, description="most new tokens per model call")
+    timeout_s: float = Field(300.0, gt=0)
+
+
+class AgentEvent(BaseModel):
+    """One thing that happened in a run, streamed as it happens and kept in the trace."""
+
+    kind: Literal["model", "tool", "compacted", "final"]
+    step: int
+    text: str = ""
+    tool_calls: list[ToolCall] = []
+    tool_result: ToolResult | None = None
+    usage: Usage | None = None
+    elapsed_s: float = 0.0
+
+
+class AgentResult(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    status: Literal["done", "max_steps", "timeout"]
+    output: Any = None
+    messages: list[Message]
+    trace: list[AgentEvent]
+    steps: int
+    elapsed_s: float
+
+
+class Agent:
+    def __init__(
+        self,
+        model: str | Model | None = None,
+        *,
+        role: str | None = None,
+        system: str | None = None,
+        tools: Sequence[Tool] = (),
+        output_type: type[BaseModel] | None = None,
+        limits: AgentLimits | None = None,
+        tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = False,
+        allow_mutating_tools: bool = False,
+        sampling: SamplingParams | None = None,
+    ) -> None:
+        self.model = model if isinstance(model, Model) else load_model(model, role=role)
+        self.system = system
+        self.registry = ToolRegistry(tools, allow_mutating=allow_mutating_tools)
+        self.output_type = output_type
+        self.limits = limits or AgentLimits()
+        self.tool_choice = tool_choice
+        self.parallel = parallel_tool_calls
+        self.sampling = sampling
+
+    def _fit(self, messages: list[Message], step: int) -> Iterator[AgentEvent]:
+        """Drop the oldest turns until the prompt fits the context window (see the module docstring)."""
+        budget = self.model.context_length - self.limits.max_tokens
+        dropped = 0
+        while len(tool_prompt(self.model, messages, self.registry.specs)) > budget:
+            last_user = max(i for i, m in enumerate(messages) if m.role == "user")
+            oldest = next((i for i, m in enumerate(messages) if m.role != "system" and i != last_user), None)
+            if oldest is None:
+                raise PromptError(
+                    f"the system prompt, tools and latest message need more than the {budget} tokens "
+                    f"{self.model.spec} leaves after {self.limits.max_tokens} for the reply",
+                    "shorten them, lower max_tokens or use a model with a longer context",
+                )
+            del messages[oldest]
+            dropped += 1
+            while oldest < len(messages) and messages[oldest].role == "tool":  # results of a dropped call
+                del messages[oldest]
+                dropped += 1
+        if dropped:
+            yield AgentEvent(kind="compacted", step=step, text=f"dropped the {dropped} oldest messages to fit")
+
+    def stream(self, user_input: str) -> Iterator[AgentEvent]:
+        """Run the loop, yielding events; the generator's return value is the :class:`AgentResult`."""
+        start = time.perf_counter()
+        messages: list[Message] = []
+        if self.system:
+            messages.append(Message(role="system", content=self.system))
+        messages.append(Message(role="user", content=user_input))
+        trace: list[AgentEvent] = []
+
+        def emit(event: AgentEvent) -> AgentEvent:
+            event.elapsed_s = time.perf_counter() - start
+            trace.append(event)
+            return event
+
+        def finish(status, output, steps) -> AgentResult:
+            return AgentResult(status=status, output=output, messages=messages, trace=trace, steps=steps,
+                               elapsed_s=time.perf_counter() - start)
+
+        for step in range(1, self.limits.max_steps + 1):
+            if time.perf_counter() - start > self.limits.timeout_s:
+                return finish("timeout", None, step - 1)
+            for event in self._fit(messages, step):
+                yield emit(event)
+            turn = generate_with_tools(self.model, messages, self.registry.specs, tool_choice=self.tool_choice,
+                                       parallel=self.parallel, max_tokens=self.limits.max_tokens,
+                                       sampling=self.sampling)
+            yield emit(AgentEvent(kind="model", step=step, text=turn.raw, tool_calls=turn.tool_calls,
+                                  usage=turn.result.usage))
+            messages.append(Message(role="assistant", content=turn.raw))
+            if not turn.tool_calls:
+                output = turn.text
+                if self.output_type is not None:
+                    output = self.model.generate(messages[:-1], output=self.output_type,
+                                                 max_tokens=self.limits.max_tokens)
+                yield emit(AgentEvent(kind="final", step=step, text=turn.text))
+                return finish("done", output, step)
+            for call in turn.tool_calls:
+                result = self.registry.call(call)
+                messages.append(Message(**result.as_message()))
+                yield emit(AgentEvent(kind="tool", step=step, tool_result=result))
+        return finish("max_steps", None, self.limits.max_steps)
+
+    def run(self, user_input: str) -> AgentResult:
+        events = self.stream(user_input)
+        while True:
+            try:
+                next(events)
+            except StopIteration as done:
+                return done.value
+
+    async def arun(self, user_input: str) -> AgentResult:
+        """The same run in a worker thread, so an event loop stays responsive."""
+        return await asyncio.to_thread(self.run, user_input)

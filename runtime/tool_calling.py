@@ -1,0 +1,160 @@
+"""Tool calling under a grammar: the model either answers in text or emits tool calls, and every
+call names a real tool with arguments that validate against that tool's schema.
+
+Output format (the Hermes / Qwen2.5 convention, native to their chat templates, and ours for models
+whose template defines none)::
+
+    <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>
+
+``tool_choice`` is enforced by the grammar, not by the prompt: ``auto`` allows text or calls,
+``required`` allows only calls, ``none`` only text, and a tool's name allows only a call to it.
+With ``parallel=True`` several calls may follow one another. The tools are shown to the model
+through the chat template when the template renders a ``tools`` list; otherwise slmflow writes them
+into the system message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from slmflow.runtime.constraints import JSON_OPTIONS, ConstraintError, Grammar, _bounded, _closed_objects
+from slmflow.runtime.errors import PromptError
+from slmflow.runtime.loop import GenerationResult
+from slmflow.runtime.messages import Message, as_messages
+from slmflow.runtime.sampling import SamplingParams
+
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.S)
+
+
+class ToolSpec(BaseModel):
+    """What the model is told about a tool: its name, what it does, and its JSON Schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def openai_format(self) -> dict:
+        return {"type": "function", "function": self.model_dump()}
+
+
+class ToolCall(BaseModel):
+    id: str = Field(default_factory=lambda: "call_" + uuid.uuid4().hex[:12])
+    name: str
+    arguments: dict
+
+
+ToolChoice = Literal["auto", "required", "none"] | str
+
+
+class ToolTurn(BaseModel):
+    """One model turn: an answer (``text``) or tool calls, with the raw generation."""
+
+    text: str
+    tool_calls: list[ToolCall]
+    raw: str
+    result: GenerationResult
+
+
+def _call_schema(tool: ToolSpec) -> dict:
+    return {
+        "x-guidance": JSON_OPTIONS,
+        "type": "object",
+        # Closed objects: a call can invent no parameter the tool does not declare.
+        "properties": {"name": {"const": tool.name}, "arguments": _bounded(_closed_objects(tool.parameters))},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def tool_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice = "auto", parallel: bool = False) -> Grammar:
+    """The Lark grammar (with llguidance's ``%json`` schemas) that enforces ``choice``."""
+    names = [t.name for t in tools]
+    if choice not in ("auto", "required", "none") and choice not in names:
+        raise ConstraintError(f"tool_choice '{choice}' names no tool", f"use auto, required, none or one of {names}")
+    if choice in ("auto", "required") and not tools:
+        raise ConstraintError(f"tool_choice '{choice}' needs at least one tool", "pass tools or use tool_choice='none'")
+    text_rule = "text: /[^<\\s][\\s\\S]*/"
+    if choice == "none":
+        return Grammar(f"start: text\n{text_rule}\n")
+    allowed = [t for t in tools if choice in ("auto", "required") or t.name == choice]
+    rules = [f'call_{i}: "{CALL_OPEN}" %json {json.dumps(_call_schema(t))} "{CALL_CLOSE}"' for i, t in enumerate(allowed)]
+    call = "call: " + " | ".join(f"call_{i}" for i in range(len(allowed)))
+    calls = 'calls: call ("\\n" call)*' if parallel else "calls: call"
+    start = "start: text | calls" if choice == "auto" else "start: calls"
+    return Grammar("\n".join([start, calls, call, *rules, text_rule]) + "\n")
+
+
+def parse_tool_calls(text: str) -> list[ToolCall]:
+    """Tool calls in generated text (empty when the text is an answer)."""
+    if not text.lstrip().startswith(CALL_OPEN):
+        return []
+    calls = []
+    for body in _CALL_RE.findall(text):
+        data = json.loads(body)
+        calls.append(ToolCall(name=data["name"], arguments=data.get("arguments", {})))
+    return calls
+
+
+def tools_system_text(tools: Sequence[ToolSpec]) -> str:
+    """How the tools are described when the chat template does not render them itself."""
+    lines = ["You can call these tools. To call one, reply with exactly",
+             f'{CALL_OPEN}{{"name": "<tool name>", "arguments": {{...}}}}{CALL_CLOSE}',
+             "and nothing else. If no tool fits, answer the user directly.", "Tools:"]
+    lines += [json.dumps(t.model_dump()) for t in tools]
+    return "\n".join(lines)
+
+
+def template_renders_tools(tokenizer) -> bool:
+    probe = [{"role": "user", "content": "x"}]
+    tool = ToolSpec(name="probe_tool_name", description="probe").openai_format()
+    try:
+        text = tokenizer.hf.apply_chat_template(probe, tools=[tool], tokenize=False)
+    except Exception:  # templates that reject the tools argument
+        return False
+    return "probe_tool_name" in text
+
+
+def tool_prompt(model, messages, tools: Sequence[ToolSpec]) -> list[int]:
+    """Prompt tokens with the tools shown to the model (native template or our system text)."""
+    messages = as_messages(messages)
+    if not tools:
+        return model.tokenizer.apply_chat_template(messages)
+    if template_renders_tools(model.tokenizer):
+        dicts = [m.model_dump(exclude_none=True) for m in messages]
+        return list(model.tokenizer.hf.apply_chat_template(
+            dicts, tools=[t.openai_format() for t in tools], add_generation_prompt=True, tokenize=True,
+            return_dict=False))
+    text = tools_system_text(tools)
+    if messages and messages[0].role == "system":
+        messages = [Message(role="system", content=messages[0].content + "\n\n" + text), *messages[1:]]
+    else:
+        messages = [Message(role="system", content=text), *messages]
+    return model.tokenizer.apply_chat_template(messages)
+
+
+def generate_with_tools(
+    model,
+    messages,
+    tools: Sequence[ToolSpec],
+    *,
+    tool_choice: ToolChoice = "auto",
+    parallel: bool = False,
+    max_tokens: int = 512,
+    sampling: SamplingParams | None = None,
+) -> ToolTurn:
+    """One constrained model turn over ``messages`` with ``tools`` available."""
+    grammar = tool_call_grammar(tools, tool_choice, parallel)
+    ids = tool_prompt(model, messages, tools)
+    if len(ids) + 1 > model.context_length:
+        raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "
+                          f"{model.context_length}", "shorten it or let the agent compact its history")
+    result = model.generate(ids, constraint=grammar, max_tokens=max_tokens, sampling=sampling).result()
+    calls = parse_tool_calls(result.text)
+    return ToolTurn(text="" if calls else result.text, tool_calls=calls, raw=result.text, result=result)

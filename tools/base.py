@@ -1,0 +1,149 @@
+"""Tools: typed Python functions an agent can call.
+
+``@tool`` turns a function into a :class:`Tool`: the name is the function's, the description its
+docstring's first paragraph, the JSON Schema comes from the signature through pydantic. Calls are
+validated before they run, run under a timeout, and every failure comes back as a
+:class:`ToolResult` with ``ok=False`` the model can read and recover from, never an exception
+that ends the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from slmflow.runtime.tool_calling import ToolCall, ToolSpec
+
+
+class ToolError(Exception):
+    """Raised inside a tool to report a problem to the model (the message is what it sees)."""
+
+
+class ToolResult(BaseModel):
+    call_id: str
+    name: str
+    ok: bool
+    content: str
+
+    def as_message(self) -> dict:
+        return {"role": "tool", "content": self.content if self.ok else f"ERROR: {self.content}"}
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    #: Tools that change anything (write files, send messages) are off unless the user opts in.
+    mutates: bool = False
+    #: A person must approve each call (used by graphs that can interrupt).
+    needs_approval: bool = False
+    timeout_s: float = 30.0
+
+    @property
+    def spec(self) -> ToolSpec:
+        schema = self.args_model.model_json_schema()
+        schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)
+        return ToolSpec(name=self.name, description=self.description, parameters=schema)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool = False,
+         needs_approval: bool = False, timeout_s: float = 30.0):
+    """Decorate a typed function (sync or async) to make it a :class:`Tool`."""
+
+    def wrap(f: Callable) -> Tool:
+        fields = {}
+        for pname, param in inspect.signature(f).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(f"tool {f.__name__}: *args/**kwargs cannot be described to a model")
+            annotation = param.annotation if param.annotation is not inspect.Parameter.empty else Any
+            default = param.default if param.default is not inspect.Parameter.empty else ...
+            fields[pname] = (annotation, default)
+        args_model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
+        doc = inspect.getdoc(f) or ""
+        return Tool(name=name or f.__name__, description=doc.split("\n\n")[0].strip(), fn=f,
+                    args_model=args_model, mutates=mutates, needs_approval=needs_approval, timeout_s=timeout_s)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, default=str)
+    except TypeError:
+        return str(value)
+
+
+class ToolRegistry:
+    """The tools an agent may call, by name."""
+
+    def __init__(self, tools: Iterable[Tool] = (), allow_mutating: bool = False) -> None:
+        self._tools: dict[str, Tool] = {}
+        self.allow_mutating = allow_mutating
+        for t in tools:
+            self.register(t)
+
+    def register(self, t: Tool) -> None:
+        if t.mutates and not self.allow_mutating:
+            raise ValueError(f"tool '{t.name}' changes things; pass allow_mutating=True to opt in")
+        if t.name in self._tools:
+            raise ValueError(f"two tools are named '{t.name}'")
+        self._tools[t.name] = t
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    def __getitem__(self, name: str) -> Tool:
+        return self._tools[name]
+
+    @property
+    def specs(self) -> list[ToolSpec]:
+        return [t.spec for t in self._tools.values()]
+
+    def call(self, call: ToolCall) -> ToolResult:
+        """Validate and run one call; every failure becomes an error result."""
+        def fail(message: str) -> ToolResult:
+            return ToolResult(call_id=call.id, name=call.name, ok=False, content=message)
+
+        t = self._tools.get(call.name)
+        if t is None:
+            return fail(f"no tool named '{call.name}'; available: {', '.join(self._tools)}")
+        try:
+            args = t.args_model.model_validate(call.arguments)
+        except ValidationError as err:
+            first = err.errors()[0]
+            return fail(f"bad arguments for {call.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        kwargs = {k: getattr(args, k) for k in t.args_model.model_fields}
+        try:
+            if inspect.iscoroutinefunction(t.fn):
+                value = asyncio.run(asyncio.wait_for(t.fn(**kwargs), t.timeout_s))
+            else:
+                pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+                try:
+                    value = pool.submit(t.fn, **kwargs).result(timeout=t.timeout_s)
+                finally:
+                    pool.shutdown(wait=False)  # a timed-out call is abandoned, not waited for
+        except (TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError):
+            return fail(f"{call.name} did not finish within {t.timeout_s:g} s")
+        except ToolError as err:
+            return fail(str(err))
+        except Exception as err:  # a tool's bug must not end the agent: the model sees it instead
+            return fail(f"{call.name} raised {type(err).__name__}: {err}")
+        return ToolResult(call_id=call.id, name=call.name, ok=True, content=_render(value))
