@@ -161,5 +161,57 @@ def models(as_json: bool) -> None:
     Console().print(table)
 
 
+SUITES = {"bfcl": "slmflow.evals.bfcl:BfclSuite"}
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Run an eval suite (results.json + report.html), or compare two runs."""
+
+
+def _suite_command(name: str, target: str):
+    @click.option("--limit", type=int, default=None, help="items per category")
+    @click.option("--model", "model_spec", default=None, help="model spec (default: embedded)")
+    @click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/SUITE)")
+    @_user_errors
+    def command(limit, model_spec, out) -> None:
+        import importlib
+        from pathlib import Path
+
+        from slmflow.evals.harness import run_suite
+
+        module, cls = target.split(":")
+        suite = getattr(importlib.import_module(module), cls)()
+        out_dir = Path(out or f"evals-out/{name}")
+        run = run_suite(suite, load_model(model_spec), out_dir, limit=limit)
+        table = Table("metric", *run.summary)
+        for key in sorted({k for row in run.summary.values() for k in row}):
+            table.add_row(key, *(str(row.get(key, "")) for row in run.summary.values()))
+        Console().print(table)
+        click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'}")
+
+    command.__doc__ = f"Run the {name} suite."
+    return eval_group.command(name)(command)
+
+
+for _name, _target in SUITES.items():
+    _suite_command(_name, _target)
+
+
+@eval_group.command("compare")
+@click.argument("a", type=click.Path(exists=True))
+@click.argument("b", type=click.Path(exists=True))
+def eval_compare(a: str, b: str) -> None:
+    """Compare two results.json files metric by metric (B minus A)."""
+    from slmflow.evals.harness import compare
+
+    table = Table("mode", "metric", "A", "B", "B - A")
+    for mode, key, va, vb in compare(a, b):
+        delta = vb - va
+        colour = "red" if key.startswith("accuracy") and delta < 0 else ""
+        table.add_row(mode, key, str(va), str(vb), f"[{colour}]{delta:+.4f}[/]" if colour else f"{delta:+.4f}")
+    Console().print(table)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,152 @@
+"""The eval harness: run a suite's items through one or more modes, score them, write
+``results.json`` and a self-contained ``report.html``, and compare two runs.
+
+A suite is any object with ``name``, ``modes``, ``items(limit)`` and ``run(item, mode, model)``;
+metrics are plain values in each ItemResult, so the harness is tied to no one suite.
+"""
+
+from __future__ import annotations
+
+import html
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class EvalItem(BaseModel):
+    id: str
+    category: str
+    data: dict[str, Any]
+
+
+class ItemResult(BaseModel):
+    id: str
+    category: str
+    mode: str
+    passed: bool
+    metrics: dict[str, float] = {}
+    latency_s: float
+    tokens: int
+    output: str
+    detail: str = ""
+
+
+class Suite(Protocol):
+    name: str
+    modes: list[str]
+
+    def items(self, limit: int | None) -> list[EvalItem]: ...
+
+    def run(self, item: EvalItem, mode: str, model) -> ItemResult: ...
+
+
+class EvalRun(BaseModel):
+    suite: str
+    model: str
+    summary: dict[str, dict[str, float]]
+    items: list[ItemResult]
+
+
+def summarise(results: list[ItemResult]) -> dict[str, dict[str, float]]:
+    """Per mode: accuracy per category, overall, mean of each metric, latency p50/p95."""
+    by_mode: dict[str, list[ItemResult]] = defaultdict(list)
+    for r in results:
+        by_mode[r.mode].append(r)
+    summary = {}
+    for mode, rs in by_mode.items():
+        row: dict[str, float] = {}
+        for cat in sorted({r.category for r in rs}):
+            cat_rs = [r for r in rs if r.category == cat]
+            row[f"accuracy/{cat}"] = sum(r.passed for r in cat_rs) / len(cat_rs)
+        row["accuracy/all"] = sum(r.passed for r in rs) / len(rs)
+        for key in sorted({k for r in rs for k in r.metrics}):
+            values = [r.metrics[key] for r in rs if key in r.metrics]
+            row[key] = sum(values) / len(values)
+        latencies = sorted(r.latency_s for r in rs)
+        row["latency_p50_s"] = statistics.median(latencies)
+        row["latency_p95_s"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+        row["tokens_mean"] = sum(r.tokens for r in rs) / len(rs)
+        summary[mode] = {k: round(v, 4) for k, v in row.items()}
+    return summary
+
+
+def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None) -> EvalRun:
+    items = suite.items(limit)
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task(f"{suite.name}", total=len(items) * len(suite.modes))
+        for mode in suite.modes:
+            for item in items:
+                bar.update(task, description=f"{suite.name} [{mode}] {item.id}")
+                results.append(suite.run(item, mode, model))
+                bar.advance(task)
+    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summarise(results), items=results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(run.model_dump_json(indent=2), encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(run), encoding="utf-8")
+    return run
+
+
+def _svg_scatter(results: list[ItemResult]) -> str:
+    """Latency (x) against generated tokens (y), one colour per mode: no external assets."""
+    if not results:
+        return ""
+    w, h, pad = 640, 320, 40
+    max_x = max(r.latency_s for r in results) or 1
+    max_y = max(r.tokens for r in results) or 1
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    modes = sorted({r.mode for r in results})
+    dots = []
+    for r in results:
+        x = pad + (w - 2 * pad) * r.latency_s / max_x
+        y = h - pad - (h - 2 * pad) * r.tokens / max_y
+        c = colours[modes.index(r.mode) % len(colours)]
+        dots.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{c}"><title>{html.escape(r.id)} '
+                    f'{r.mode}: {r.latency_s:.2f} s, {r.tokens} tokens</title></circle>')
+    legend = "".join(f'<text x="{pad + 120 * i}" y="16" fill="{colours[i % len(colours)]}">{html.escape(m)}</text>'
+                     for i, m in enumerate(modes))
+    return (f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">'
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#888"/>'
+            f'<text x="{w / 2}" y="{h - 8}">latency (s), max {max_x:.2f}</text>'
+            f'<text x="4" y="{pad - 8}">tokens, max {max_y}</text>{legend}{"".join(dots)}</svg>')
+
+
+def render_html(run: EvalRun) -> str:
+    metrics = sorted({k for row in run.summary.values() for k in row})
+    modes = list(run.summary)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in modes)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(
+        f"<td>{run.summary[m].get(k, '')}</td>" for m in modes) + "</tr>" for k in metrics)
+    items = "".join(
+        f'<tr class="{"pass" if r.passed else "fail"}"><td>{html.escape(r.id)}</td><td>{html.escape(r.category)}</td>'
+        f"<td>{html.escape(r.mode)}</td><td>{'pass' if r.passed else 'FAIL'}</td><td>{r.latency_s:.2f}</td>"
+        f"<td>{r.tokens}</td><td><details><summary>output</summary><pre>{html.escape(r.output)}</pre>"
+        f"<pre>{html.escape(r.detail)}</pre></details></td></tr>"
+        for r in run.items)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(run.suite)} — slmflow eval</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.fail td:nth-child(4){{color:#c00;font-weight:bold}}
+pre{{white-space:pre-wrap;max-width:60em}}</style></head><body>
+<h1>{html.escape(run.suite)}</h1><p>model: <code>{html.escape(run.model)}</code>, {len(run.items)} item runs</p>
+<h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
+<h2>Latency and tokens</h2>{_svg_scatter(run.items)}
+<h2>Items</h2><table><tr><th>id</th><th>category</th><th>mode</th><th>result</th><th>latency s</th><th>tokens</th><th>trace</th></tr>{items}</table>
+</body></html>"""
+
+
+def compare(a: Path, b: Path) -> list[tuple[str, str, float, float]]:
+    """(mode, metric, value in A, value in B) for every metric the two runs share."""
+    run_a = EvalRun.model_validate_json(Path(a).read_text(encoding="utf-8"))
+    run_b = EvalRun.model_validate_json(Path(b).read_text(encoding="utf-8"))
+    rows = []
+    for mode, metrics in run_a.summary.items():
+        for key, value in metrics.items():
+            if key in run_b.summary.get(mode, {}):
+                rows.append((mode, key, value, run_b.summary[mode][key]))
+    return rows
+

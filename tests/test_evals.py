@@ -1,0 +1,50 @@
+"""The eval harness and the BFCL suite, end to end through the CLI, plus the AST checker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from slmflow.evals.bfcl import BfclFunction, call_matches, calls_match, parse_plain_calls
+
+FN = BfclFunction(name="math.hypot", description="", parameters={
+    "type": "dict", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}, "z": {"type": "integer"}},
+    "required": ["x", "y"]})
+ANSWER = {"math.hypot": {"x": [4], "y": [5], "z": ["", 0]}}
+
+
+def test_ast_checker_rules():
+    assert call_matches({"math.hypot": {"x": 4, "y": 5}}, FN, ANSWER)
+    assert call_matches({"math.hypot": {"x": 4, "y": 5, "z": 0}}, FN, ANSWER)
+    assert not call_matches({"math.hypot": {"x": 4}}, FN, ANSWER)  # required y missing
+    assert not call_matches({"math.hypot": {"x": 4, "y": 6}}, FN, ANSWER)  # wrong value
+    assert not call_matches({"math.hypot": {"x": 4, "y": 5, "w": 1}}, FN, ANSWER)  # unknown param
+    assert not call_matches({"math.pow": {"x": 4, "y": 5}}, FN, ANSWER)
+    a, b = {"math.hypot": {"x": 1, "y": 2}}, {"math.hypot": {"x": 4, "y": 5}}
+    answers = [{"math.hypot": {"x": [4], "y": [5]}}, {"math.hypot": {"x": [1], "y": [2]}}]
+    assert calls_match([a, b], [FN], answers)  # any order
+    assert not calls_match([a], [FN], answers)
+
+
+def test_plain_output_parsing():
+    assert parse_plain_calls("[math.hypot(x=4, y=5), f(s='New York, NY')]") == [
+        {"math.hypot": {"x": 4, "y": 5}}, {"f": {"s": "New York, NY"}}]
+    assert parse_plain_calls("I cannot help with that.") is None
+
+
+def test_bfcl_eval_cli_writes_both_reports(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--limit", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["summary"]) == {"constrained", "constrained_required", "plain"}
+    assert len(results["items"]) == 5 * 3
+    required = [i for i in results["items"] if i["mode"] == "constrained_required"]
+    assert all(i["metrics"]["call_validity"] == 1.0 for i in required)  # every emitted call validates
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "accuracy/simple_python" in html
+    cmp = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "compare", str(out / "results.json"),
+                          str(out / "results.json")], capture_output=True, text=True, timeout=120)
+    assert cmp.returncode == 0 and "+0.0000" in cmp.stdout
