@@ -146,12 +146,9 @@ class CudaGraphSequence:
         return twin
 
     def nbytes(self) -> int:
-        total = 0
-        for layer in self.cache.layers:
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return total
+        from slmflow.runtime.backends.transformers_backend import cache_nbytes
+
+        return cache_nbytes(self.cache)
 
 
 def compile_enabled() -> bool:

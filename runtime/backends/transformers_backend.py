@@ -57,12 +57,17 @@ class TransformersSequence:
         return twin
 
     def nbytes(self) -> int:
-        total = 0
-        for layer in self.cache.layers:
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return total
+        return cache_nbytes(self.cache)
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes of key and value tensors a transformers cache holds (allocated, for a static one)."""
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
 
 
 class TransformersBackend:
