@@ -173,15 +173,16 @@ def _suite_command(name: str, target: str):
     @click.option("--limit", type=int, default=None, help="items per category")
     @click.option("--model", "model_spec", default=None, help="model spec (default: embedded)")
     @click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/SUITE)")
+    @click.option("--data", type=click.Path(), default=None, help="the suite's data folder (default: shared/data)")
     @_user_errors
-    def command(limit, model_spec, out) -> None:
+    def command(limit, model_spec, out, data) -> None:
         import importlib
         from pathlib import Path
 
         from slmflow.evals.harness import run_suite
 
         module, cls = target.split(":")
-        suite = getattr(importlib.import_module(module), cls)()
+        suite = getattr(importlib.import_module(module), cls)(data=Path(data) if data else None)
         out_dir = Path(out or f"evals-out/{name}")
         run = run_suite(suite, load_model(model_spec), out_dir, limit=limit)
         table = Table("metric", *run.summary)

@@ -17,6 +17,7 @@ import jsonschema
 from pydantic import BaseModel
 
 from slmflow.evals.harness import EvalItem, ItemResult
+from slmflow.runtime.errors import SlmflowError
 from slmflow.runtime.tool_calling import ToolSpec, generate_with_tools
 
 TYPE_MAP = {"dict": "object", "float": "number", "tuple": "array", "any": None}
@@ -61,7 +62,17 @@ def load_questions(path: Path) -> list[BfclQuestion]:
 
 # --- the BFCL suite: constrained tool calling vs plain prompting, scored by AST match ------------
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl"
+DATA_PLACES = ("shared/data/bfcl", "../shared/data/bfcl")
+
+
+def find_data(data: Path | None = None) -> Path:
+    """The BFCL data folder: ``data``, or shared/data/bfcl in or beside the working directory."""
+    candidates = [Path(data)] if data is not None else [Path.cwd() / p for p in DATA_PLACES]
+    for candidate in candidates:
+        if (candidate / "BFCL_v4_simple_python.json").is_file():
+            return candidate.resolve()
+    raise SlmflowError(f"no BFCL data in {', '.join(str(c) for c in candidates)}",
+                       "pass --data PATH to a folder holding BFCL_v4_*.json")
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
 # BFCL's prompt-mode system prompt (bfcl_eval/constants/default_prompts.py), shortened.
 PLAIN_SYSTEM = (
@@ -152,8 +163,8 @@ class BfclSuite:
     # prompt, output parsed afterwards (what a user gets today).
     modes = ["constrained", "constrained_required", "plain"]
 
-    def __init__(self, data: Path = DATA, categories: list[str] = CATEGORIES, max_tokens: int = 256) -> None:
-        self.data = data
+    def __init__(self, data: Path | None = None, categories: list[str] = CATEGORIES, max_tokens: int = 256) -> None:
+        self.data = find_data(data)
         self.categories = categories
         self.max_tokens = max_tokens
 

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 from slmflow.evals.bfcl import BfclFunction, call_matches, calls_match, parse_plain_calls
+
+BFCL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl"
 
 FN = BfclFunction(name="math.hypot", description="", parameters={
     "type": "dict", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}, "z": {"type": "integer"}},
@@ -35,7 +39,8 @@ def test_plain_output_parsing():
 
 def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--limit", "1", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--limit", "1", "--out", str(out),
+                           "--data", str(BFCL_DATA)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
@@ -48,3 +53,9 @@ def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     cmp = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "compare", str(out / "results.json"),
                           str(out / "results.json")], capture_output=True, text=True, timeout=120)
     assert cmp.returncode == 0 and "+0.0000" in cmp.stdout
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "no BFCL data in" in proc.stderr and "Traceback" not in proc.stderr
