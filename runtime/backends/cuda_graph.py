@@ -59,11 +59,7 @@ class CudaGraphSequence:
         self._graph_failed = False
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self._model(
-            input_ids=input_ids, cache_position=positions, position_ids=positions.unsqueeze(0),
-            use_cache=True, **{self._cache_arg: self.cache},
-        )
-        return out.logits[0]
+        return _step_function(self._model, input_ids, positions, self.cache, self._cache_arg)
 
     def _decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The one-token step that the graph captures: compiled (fused kernels) when enabled."""
