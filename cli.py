@@ -161,7 +161,90 @@ def models(as_json: bool) -> None:
     Console().print(table)
 
 
-SUITES = {"bfcl": "slmflow.evals.bfcl:BfclSuite"}
+def _index_options(func):
+    func = click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
+                        help="index folder (default: one per folder in the user cache)")(func)
+    func = click.option("--include", multiple=True, help="only files matching this glob (repeatable)")(func)
+    return click.option("--no-ocr", is_flag=True, help="skip images and scanned PDF pages")(func)
+
+
+def _print_index_stats(stats) -> None:
+    err_console.print(
+        f"[dim]indexed {stats.files_embedded} files ({stats.chunks_added} chunks) in {stats.seconds:.1f} s, "
+        f"{stats.files_unchanged} unchanged, {stats.files_removed} removed; {stats.chunks_total} chunks in the index"
+        + (f"; {len(stats.warnings)} skipped" if stats.warnings else "") + "[/]", highlight=False, soft_wrap=True)
+    for warning in stats.warnings:
+        err_console.print(f"[yellow]skipped[/] {warning}", highlight=False, soft_wrap=True)
+
+
+@main.command("index")
+@click.argument("folder", type=click.Path())
+@_index_options
+@_user_errors
+def index_command(folder: str, index_dir: str | None, include: tuple[str, ...], no_ocr: bool) -> None:
+    """Index FOLDER for docs-qa (only new and changed files are embedded)."""
+    from slmflow.tools.rag.index import DocumentIndex
+
+    index = DocumentIndex(folder, index_dir)
+    _print_index_stats(index.update(include=list(include) or None, ocr=not no_ocr))
+    err_console.print(f"[dim]index: {index.dir}[/]", highlight=False)
+
+
+@main.group("run")
+def run_group() -> None:
+    """Run an assistant: docs-qa over a folder."""
+
+
+@run_group.command("docs-qa")
+@click.argument("folder", type=click.Path())
+@click.option("-q", "--question", default=None, help="answer this question and exit")
+@click.option("--json", "as_json", is_flag=True, help="print answer, citations and timings as JSON")
+@click.option("--model", "model_spec", default=None, help="answering model spec (default: the mini role)")
+@click.option("-k", "k", type=int, default=3, show_default=True, help="chunks retrieved per question")
+@_index_options
+@_user_errors
+def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, include, no_ocr) -> None:
+    """Answer questions about the documents in FOLDER, citing them."""
+    from slmflow.agents.docs_qa import DocsQA
+
+    qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None)
+    stats = qa.index.update(include=qa.include, ocr=not no_ocr, progress=not as_json)
+    if not as_json:
+        _print_index_stats(stats)
+    if qa.index.count() == 0:
+        raise SlmflowError(f"no text could be indexed in {qa.index.folder}",
+                           "add .txt .md .html .pdf .docx .csv .json files or images to it")
+    def answer(q: str) -> None:
+        result = qa.ask(q)
+        if as_json:
+            click.echo(result.model_dump_json(indent=2))
+            return
+        click.echo(result.answer)
+        for source in result.cited:
+            click.echo(f"  {source.label()}")
+        err_console.print(f"[dim]retrieval {result.retrieval_ms:.0f} ms, answer {result.generation_ms:.0f} ms "
+                          f"({result.completion_tokens} tokens)[/]", highlight=False)
+
+    if question:
+        answer(question)
+        return
+    err_console.print("[dim]ask about the documents — /exit or Ctrl-D to quit[/]")
+    while True:
+        try:
+            line = input("? ").strip()
+        except EOFError:
+            return
+        if line in ("/exit", "/quit"):
+            return
+        if line:
+            answer(line)
+
+
+SUITES = {
+    "bfcl": "slmflow.evals.bfcl:BfclSuite",
+    "docs-qa-wikiqa": "slmflow.evals.docs_qa:WikiQASuite",
+    "retrieval-scifact": "slmflow.evals.docs_qa:SciFactSuite",
+}
 
 
 @main.group("eval")
@@ -174,8 +257,9 @@ def _suite_command(name: str, target: str):
     @click.option("--model", "model_spec", default=None, help="model spec (default: embedded)")
     @click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/SUITE)")
     @click.option("--data", type=click.Path(), default=None, help="the suite's data folder (default: shared/data)")
+    @click.option("--mode", "modes", multiple=True, help="run only this mode (repeatable; default: all)")
     @_user_errors
-    def command(limit, model_spec, out, data) -> None:
+    def command(limit, model_spec, out, data, modes) -> None:
         import importlib
         from pathlib import Path
 
@@ -184,7 +268,7 @@ def _suite_command(name: str, target: str):
         module, cls = target.split(":")
         suite = getattr(importlib.import_module(module), cls)(data=Path(data) if data else None)
         out_dir = Path(out or f"evals-out/{name}")
-        run = run_suite(suite, load_model(model_spec), out_dir, limit=limit)
+        run = run_suite(suite, load_model(model_spec), out_dir, limit=limit, modes=list(modes) or None)
         table = Table("metric", *run.summary)
         for key in sorted({k for row in run.summary.values() for k in row}):
             table.add_row(key, *(str(row.get(key, "")) for row in run.summary.values()))

@@ -25,6 +25,7 @@ from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import Message
 from slmflow.runtime.tool_calling import ToolCall, ToolChoice, generate_with_tools, tool_prompt
+from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.tools.base import Tool, ToolRegistry, ToolResult
 
 
@@ -71,7 +72,11 @@ class Agent:
         parallel_tool_calls: bool = False,
         allow_mutating_tools: bool = False,
         sampling: SamplingParams | None = None,
+        tool_selector: ToolSelector | Literal["default"] | None = "default",
     ) -> None:
+        """``tool_selector``: who decides, under ``tool_choice="auto"``, whether a user message gets a
+        tool call: "default" is the embedding selector (runtime/tool_selection.py), None the model alone.
+        """
         self.model = model if isinstance(model, Model) else load_model(model, role=role)
         self.system = system
         self.registry = ToolRegistry(tools, allow_mutating=allow_mutating_tools)
@@ -80,6 +85,9 @@ class Agent:
         self.tool_choice = tool_choice
         self.parallel = parallel_tool_calls
         self.sampling = sampling
+        if tool_selector == "default":
+            tool_selector = ToolSelector() if tools and tool_choice == "auto" else None
+        self.tool_selector = tool_selector
 
     def _fit(self, messages: list[Message], step: int) -> Iterator[AgentEvent]:
         """Drop the oldest turns until the prompt fits the context window (see the module docstring)."""
@@ -127,7 +135,7 @@ class Agent:
                 yield emit(event)
             turn = generate_with_tools(self.model, messages, self.registry.specs, tool_choice=self.tool_choice,
                                        parallel=self.parallel, max_tokens=self.limits.max_tokens,
-                                       sampling=self.sampling)
+                                       sampling=self.sampling, selector=self.tool_selector)
             yield emit(AgentEvent(kind="model", step=step, text=turn.raw, tool_calls=turn.tool_calls,
                                   usage=turn.result.usage))
             messages.append(Message(role="assistant", content=turn.raw))

@@ -16,9 +16,9 @@ from pathlib import Path
 import jsonschema
 from pydantic import BaseModel
 
-from slmflow.evals.harness import EvalItem, ItemResult
-from slmflow.runtime.errors import SlmflowError
+from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data
 from slmflow.runtime.tool_calling import ToolSpec, generate_with_tools
+from slmflow.runtime.tool_selection import ToolSelector
 
 TYPE_MAP = {"dict": "object", "float": "number", "tuple": "array", "any": None}
 
@@ -62,17 +62,13 @@ def load_questions(path: Path) -> list[BfclQuestion]:
 
 # --- the BFCL suite: constrained tool calling vs plain prompting, scored by AST match ------------
 
-DATA_PLACES = ("shared/data/bfcl", "../shared/data/bfcl")
 
 
 def find_data(data: Path | None = None) -> Path:
     """The BFCL data folder: ``data``, or shared/data/bfcl in or beside the working directory."""
-    candidates = [Path(data)] if data is not None else [Path.cwd() / p for p in DATA_PLACES]
-    for candidate in candidates:
-        if (candidate / "BFCL_v4_simple_python.json").is_file():
-            return candidate.resolve()
-    raise SlmflowError(f"no BFCL data in {', '.join(str(c) for c in candidates)}",
-                       "pass --data PATH to a folder holding BFCL_v4_*.json")
+    return find_shared_data("bfcl", "BFCL_v4_simple_python.json", data)
+
+
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance"]
 # BFCL's prompt-mode system prompt (bfcl_eval/constants/default_prompts.py), shortened.
 PLAIN_SYSTEM = (
@@ -157,8 +153,8 @@ class BfclSuite:
     """BFCL v4 non-live categories, run in two modes on the same model."""
 
     name = "bfcl"
-    # constrained: our grammar-enforced tool calling with tool_choice="auto" (the model may answer in
-    # words); constrained_required: the same with tool_choice="required" (a call is always made, so
+    # constrained: our grammar-enforced tool calling with tool_choice="auto" and the default embedding
+    # tool selector deciding call-or-answer (what an Agent does); constrained_required: the same with tool_choice="required" (a call is always made, so
     # irrelevance fails by construction: it shows the quality of the calls themselves); plain: BFCL's
     # prompt, output parsed afterwards (what a user gets today).
     modes = ["constrained", "constrained_required", "plain"]
@@ -167,6 +163,13 @@ class BfclSuite:
         self.data = find_data(data)
         self.categories = categories
         self.max_tokens = max_tokens
+        self._selector: ToolSelector | None = None
+
+    @property
+    def selector(self) -> ToolSelector:
+        if self._selector is None:
+            self._selector = ToolSelector()
+        return self._selector
 
     def items(self, limit: int | None) -> list[EvalItem]:
         items = []
@@ -190,9 +193,10 @@ class BfclSuite:
                  for f in q.function]
         start = time.perf_counter()
         if mode.startswith("constrained"):
-            choice = "required" if mode == "constrained_required" else "auto"
-            turn = generate_with_tools(model, messages, specs, tool_choice=choice,
-                                       parallel=item.category.startswith("parallel"), max_tokens=self.max_tokens)
+            required = mode == "constrained_required"
+            turn = generate_with_tools(model, messages, specs, tool_choice="required" if required else "auto",
+                                       parallel=item.category.startswith("parallel"), max_tokens=self.max_tokens,
+                                       selector=None if required else self.selector)
             output, tokens = turn.raw, turn.result.usage.completion_tokens
             calls = [{c.name: c.arguments} for c in turn.tool_calls]
         else:

@@ -16,6 +16,19 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from slmflow.runtime.errors import SlmflowError
+
+
+def find_shared_data(name: str, marker: str, data: Path | None = None) -> Path:
+    """A data folder: ``data`` if given, else shared/data/NAME in or beside the working directory;
+    ``marker`` is a file the folder must hold."""
+    places = [Path(data)] if data is not None else [Path.cwd() / p / name for p in ("shared/data", "../shared/data")]
+    for candidate in places:
+        if (candidate / marker).is_file():
+            return candidate.resolve()
+    raise SlmflowError(f"no {name} data ({marker}) in {', '.join(str(c) for c in places)}",
+                       f"pass --data PATH to the folder that holds {marker}")
+
 
 class EvalItem(BaseModel):
     id: str
@@ -74,12 +87,18 @@ def summarise(results: list[ItemResult]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None) -> EvalRun:
+def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
+              modes: list[str] | None = None) -> EvalRun:
+    """Every item through every mode (or the ``modes`` named), then the two report files."""
+    unknown = [m for m in modes or [] if m not in suite.modes]
+    if unknown:
+        raise SlmflowError(f"suite {suite.name} has no mode {', '.join(unknown)}", f"choose from {suite.modes}")
+    modes = modes or suite.modes
     items = suite.items(limit)
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(f"{suite.name}", total=len(items) * len(suite.modes))
-        for mode in suite.modes:
+        task = bar.add_task(f"{suite.name}", total=len(items) * len(modes))
+        for mode in modes:
             for item in items:
                 bar.update(task, description=f"{suite.name} [{mode}] {item.id}")
                 results.append(suite.run(item, mode, model))

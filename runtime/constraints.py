@@ -231,6 +231,11 @@ class ConstraintEngine:
                                   "fix the part of the constraint the engine points at")
         return ConstraintMatcher(compiled.deep_copy(), self.vocab_size)
 
+    def accepts(self, constraint: Constraint, text: str) -> bool:
+        """Whether the model could emit ``text`` (as the tokenizer splits it) under ``constraint``."""
+        matcher = self.matcher(constraint)._m
+        tokens = self._tokenizer.tokenize_str(text)
+        return matcher.consume_tokens(tokens) and matcher.is_accepting()
 
 
 class ConstraintMatcher:

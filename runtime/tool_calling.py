@@ -28,6 +28,7 @@ from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import GenerationResult
 from slmflow.runtime.messages import Message, as_messages
 from slmflow.runtime.sampling import SamplingParams
+from slmflow.runtime.tool_selection import ToolSelection, ToolSelector
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.S)
@@ -60,6 +61,7 @@ class ToolTurn(BaseModel):
     tool_calls: list[ToolCall]
     raw: str
     result: GenerationResult
+    selection: ToolSelection | None = None
 
 
 def _call_schema(tool: ToolSpec) -> dict:
@@ -92,13 +94,20 @@ def tool_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice = "auto", pa
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:
-    """Tool calls in generated text (empty when the text is an answer)."""
+    """Tool calls in generated text (empty when the text is an answer).
+
+    A call repeated word for word in one turn is kept once: running it twice could only repeat its
+    effect, and small models given room for parallel calls tend to loop on the same one.
+    """
     if not text.lstrip().startswith(CALL_OPEN):
         return []
-    calls = []
+    calls, seen = [], set()
     for body in _CALL_RE.findall(text):
         data = json.loads(body)
-        calls.append(ToolCall(name=data["name"], arguments=data.get("arguments", {})))
+        key = json.dumps(data, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            calls.append(ToolCall(name=data["name"], arguments=data.get("arguments", {})))
     return calls
 
 
@@ -148,13 +157,27 @@ def generate_with_tools(
     parallel: bool = False,
     max_tokens: int = 512,
     sampling: SamplingParams | None = None,
+    selector: ToolSelector | None = None,
 ) -> ToolTurn:
-    """One constrained model turn over ``messages`` with ``tools`` available."""
-    grammar = tool_call_grammar(tools, tool_choice, parallel)
+    """One constrained model turn over ``messages`` with ``tools`` available.
+
+    With a ``selector`` and ``tool_choice="auto"``, a turn that answers a user message is decided by
+    the selector (tool_selection.py): a call to one of the tools it allows, or words when it allows
+    none. Turns after a tool result stay free for the model, which then usually answers.
+    """
+    messages = as_messages(messages)
+    selection = None
+    if selector is not None and tool_choice == "auto" and tools and messages[-1].role == "user":
+        selection = selector.select(messages[-1].content, tools)
+        allowed = [t for t in tools if t.name in selection.allowed]
+        grammar = tool_call_grammar(allowed, "required", parallel) if allowed else tool_call_grammar(tools, "none")
+    else:
+        grammar = tool_call_grammar(tools, tool_choice, parallel)
     ids = tool_prompt(model, messages, tools)
     if len(ids) + 1 > model.context_length:
         raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "
                           f"{model.context_length}", "shorten it or let the agent compact its history")
     result = model.generate(ids, constraint=grammar, max_tokens=max_tokens, sampling=sampling).result()
     calls = parse_tool_calls(result.text)
-    return ToolTurn(text="" if calls else result.text, tool_calls=calls, raw=result.text, result=result)
+    return ToolTurn(text="" if calls else result.text, tool_calls=calls, raw=result.text, result=result,
+                    selection=selection)

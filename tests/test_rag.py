@@ -1,0 +1,291 @@
+"""Local RAG: loading, chunking, the incremental crash-safe index, hybrid retrieval and docs-qa.
+
+Every test uses the real embedder (all-MiniLM-L6-v2 from its wheel), real Chroma and bm25s, and
+the real embedded model where an answer is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from slmflow.agents.docs_qa import NOT_FOUND, DocsQA, answer_grammar
+from slmflow.runtime.embeddings import load_embedder
+from slmflow.tools.rag.chunking import chunk_document
+from slmflow.tools.rag.index import DocumentIndex, IndexUnusableError
+from slmflow.tools.rag.loaders import LoadError, load_document
+from slmflow.tools.rag.retrieval import Retriever
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "docs"
+
+
+def text_pdf(pages: list[str]) -> bytes:
+    """A minimal PDF with a text layer, one line of Helvetica per page."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", None, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 14 Tf 72 720 Td ({text}) Tj ET".encode()
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects)} 0 R "
+                       "/Resources << /Font << /F1 3 0 R >> >> >>")
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def text_image(text: str) -> Image.Image:
+    image = Image.new("RGB", (900, 120), "white")
+    ImageDraw.Draw(image).text((20, 35), text, fill="black", font=ImageFont.load_default(size=36))
+    return image
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in os.listdir(EXAMPLES):
+        (docs / name).write_bytes((EXAMPLES / name).read_bytes())
+    return docs
+
+
+# --- loading and chunking --------------------------------------------------------------------------
+
+def test_markdown_sections_follow_headings():
+    doc = load_document(EXAMPLES / "eiffel-tower.md")
+    assert doc.title == "The Eiffel Tower"
+    height = next(s for s in doc.sections if s.heading == "Height")
+    assert "330 metres" in doc.text[height.start:height.end]
+
+
+def test_html_keeps_headings_and_inline_text():
+    doc = load_document(EXAMPLES / "honeybees.html")
+    assert doc.title == "Honey bees"
+    section = next(s for s in doc.sections if s.heading == "Communication")
+    assert "performs a waggle dance in the hive" in doc.text[section.start:section.end]
+
+
+def test_pdf_text_is_read_per_page(tmp_path):
+    path = tmp_path / "report.pdf"
+    path.write_bytes(text_pdf(["Revenue grew in spring", "Costs fell in autumn"]))
+    doc = load_document(path)
+    assert [s.page for s in doc.sections] == [1, 2]
+    assert "Costs fell in autumn" in doc.text[doc.sections[1].start:doc.sections[1].end]
+
+
+def test_scanned_pdf_page_goes_through_ocr(tmp_path):
+    from slmflow.tools.rag.ocr import ocr_image
+
+    path = tmp_path / "scan.pdf"
+    text_image("Quarterly invoice paid in full").save(path, "PDF")
+    doc = load_document(path, ocr=ocr_image)
+    assert "Quarterly invoice paid in full" in doc.text
+    assert doc.sections[0].page == 1
+
+
+def test_image_is_read_by_ocr(tmp_path):
+    from slmflow.tools.rag.ocr import ocr_image
+
+    path = tmp_path / "note.png"
+    text_image("Meeting moved to Friday").save(path)
+    assert "Meeting moved to Friday" in load_document(path, ocr=ocr_image).text
+
+
+def test_docx_headings_become_sections(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Budget", level=1)
+    document.add_paragraph("The budget for 2026 is 1.2 million.")
+    path = tmp_path / "plan.docx"
+    document.save(path)
+    doc = load_document(path)
+    assert doc.sections[0].heading == "Budget"
+    assert "1.2 million" in doc.text
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("café".encode("latin-1"), "not UTF-8"),
+    (b"\x00\x01binary\x00", "binary"),
+])
+def test_unreadable_text_is_refused_with_the_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(LoadError, match=reason):
+        load_document(path)
+
+
+def test_chunks_fit_the_embedder_and_overlap(embedder):
+    doc = load_document(EXAMPLES / "eiffel-tower.md")
+    long_doc = doc.model_copy(update={"text": doc.text, "sections": doc.sections})
+    chunks = chunk_document(long_doc, embedder.tokenizer, max_tokens=40, overlap=16)
+    assert len(chunks) > 3
+    assert all(embedder.count_tokens(c.text) <= 40 + 2 for c in chunks)
+    assert all(doc.text[c.start:c.end] == c.text for c in chunks)
+    same_heading = [(a, b) for a, b in zip(chunks, chunks[1:], strict=False) if a.heading == b.heading]
+    assert same_heading and all(b.start < a.end for a, b in same_heading)  # consecutive chunks overlap
+
+
+# --- the index ---------------------------------------------------------------------------------------
+
+def test_reindexing_embeds_only_what_changed(folder, tmp_path):
+    index = DocumentIndex(folder, tmp_path / "index")
+    first = index.update(progress=False)
+    assert first.files_embedded == 3 and first.chunks_total == first.chunks_added > 0
+    again = index.update(progress=False)
+    assert (again.files_embedded, again.chunks_added, again.files_unchanged) == (0, 0, 3)
+    (folder / "coffee.txt").write_text("Coffee\n\nTea is grown in India and China.\n", encoding="utf-8")
+    changed = index.update(progress=False)
+    assert (changed.files_embedded, changed.files_unchanged) == (1, 2)
+    assert not any("Brazil" in c.text for c in index.all_chunks())
+    (folder / "honeybees.html").unlink()
+    removed = index.update(progress=False)
+    assert removed.files_removed == 1
+    assert {c.path for c in index.all_chunks()} == {"coffee.txt", "eiffel-tower.md"}
+
+
+def test_bad_files_are_skipped_by_name_and_the_rest_indexed(folder, tmp_path):
+    (folder / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (folder / "blank-scan.pdf").write_bytes(b"")
+    Image.new("RGB", (200, 200), "white").save(folder / "blank-scan.pdf", "PDF")
+    (folder / "huge.log").touch()
+    os.truncate(folder / "huge.log", 200_000_000)
+    (folder / "gone.md").symlink_to(folder / "missing-target.md")
+    stats = DocumentIndex(folder, tmp_path / "index").update(progress=False)
+    warnings = "\n".join(stats.warnings)
+    assert "latin1.txt: not UTF-8" in warnings
+    assert "blank-scan.pdf: PDF has no text layer" in warnings
+    assert "huge.log: 200 MB is over the 50 MB limit" in warnings
+    assert "gone.md: unreadable" in warnings
+    assert stats.files_embedded == 3
+    assert {c.path for c in DocumentIndex(folder, tmp_path / "index").all_chunks()} == {
+        "coffee.txt", "eiffel-tower.md", "honeybees.html"}
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(IndexUnusableError, match="nowhere.*does not exist"):
+        DocumentIndex(tmp_path / "nowhere", tmp_path / "index")
+
+
+def test_index_built_with_other_settings_is_not_mixed(folder, tmp_path):
+    DocumentIndex(folder, tmp_path / "index").update(progress=False)
+    with pytest.raises(IndexUnusableError, match="other chunk_tokens"):
+        DocumentIndex(folder, tmp_path / "index", chunk_tokens=100)
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slmflow.cli", *args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_empty_folder_gives_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = _cli("run", "docs-qa", str(tmp_path / "empty"), "--index", str(tmp_path / "index"), "-q", "anything")
+    assert done.returncode == 2
+    assert "no text could be indexed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(24):
+        (corpus / f"note-{i:02d}.txt").write_text(
+            f"Note {i}\n\n" + " ".join(f"Station {i} measured {j} millimetres of rain on day {j}." for j in range(180)),
+            encoding="utf-8")
+    index_dir = tmp_path / "index"
+    proc = subprocess.Popen([sys.executable, "-m", "slmflow.cli", "-v", "index", str(corpus), "--index", str(index_dir)],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # the first stored batch, then kill it while it embeds the next
+        if "stored" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    partial = DocumentIndex(corpus, index_dir)
+    stored = partial.file_records()
+    assert 0 < len(stored) < 24
+    hits = Retriever(partial).search("rain measured at a station", k=3)
+    assert hits and all(h.chunk.path in stored for h in hits)
+
+    finished = partial.update(progress=False)
+    assert finished.files_embedded == 24 - len(stored) and finished.files_unchanged == len(stored)
+    records = partial.file_records()
+    assert len(records) == 24 and partial.count() == sum(r["chunks"] for r in records.values())
+    assert len({c.id for c in partial.all_chunks()}) == partial.count()
+
+
+# --- retrieval -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def example_retriever(tmp_path_factory):
+    index = DocumentIndex(EXAMPLES, tmp_path_factory.mktemp("index"))
+    index.update(progress=False)
+    return Retriever(index)
+
+
+def test_hybrid_search_finds_the_section_with_the_answer(example_retriever):
+    hits = example_retriever.search("How tall is the Eiffel Tower?", k=3)
+    assert hits[0].chunk.path == "eiffel-tower.md" and "330 metres" in hits[0].chunk.text
+    assert hits[0].dense_rank is not None and hits[0].bm25_rank is not None
+
+
+def test_bm25_finds_a_rare_exact_term(example_retriever):
+    hits = example_retriever.search("Kaldi", k=1, mode="bm25")
+    assert hits[0].chunk.path == "coffee.txt"
+
+
+def test_metadata_filter_limits_results(example_retriever):
+    hits = example_retriever.search("How tall is the Eiffel Tower?", k=5, where={"path": "coffee.txt"})
+    assert hits and {h.chunk.path for h in hits} == {"coffee.txt"}
+
+
+# --- docs-qa -------------------------------------------------------------------------------------
+
+def test_answer_grammar_allows_only_retrieved_citations(onnx_model):
+    engine = onnx_model.constraints
+    grammar = answer_grammar(2, polar=False)
+    assert engine.accepts(grammar, "It is 330 metres tall [2].")
+    assert not engine.accepts(grammar, "It is 330 metres tall [3].")
+    assert not engine.accepts(grammar, "It is 330 metres tall.")
+    assert engine.accepts(grammar, NOT_FOUND)
+
+
+def test_docs_qa_answers_with_citations_of_retrieved_chunks(onnx_model, tmp_path):
+    qa = DocsQA(EXAMPLES, onnx_model, index_dir=tmp_path / "index")
+    qa.update_index(progress=False)
+    answer = qa.ask("How tall is the Eiffel Tower?")
+    assert answer.found and answer.cited
+    retrieved = {s.chunk_id for s in answer.sources}
+    assert all(s.chunk_id in retrieved for s in answer.cited)
+    assert "330" in answer.answer
+    assert answer.cited[0].path == "eiffel-tower.md"
+
+
+def test_docs_qa_cli_json(tmp_path):
+    done = _cli("run", "docs-qa", str(EXAMPLES), "--index", str(tmp_path / "index"), "--json",
+                "-q", "Which country produces the most coffee?")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["cited"] and {c["path"] for c in answer["cited"]} <= {s["path"] for s in answer["sources"]}
+    assert answer["retrieval_ms"] > 0 and answer["generation_ms"] > 0

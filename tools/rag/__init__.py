@@ -1,0 +1,2 @@
+"""Local retrieval over a folder of documents: loading, chunking, an incremental Chroma index and
+hybrid (dense + BM25) search."""

@@ -1,0 +1,286 @@
+"""The document index: chunks and their embeddings in a Chroma ``PersistentClient``, kept in step
+with a folder incrementally and safely.
+
+Two collections: ``chunks`` (text, embedding, citation metadata) and ``files`` (one record per
+indexed file: content hash, size, mtime, chunk count). A file's record is written only after all
+its chunks, and removed before they are replaced, so a file without a record is unfinished. A run
+killed at any point therefore leaves an index that answers queries from every finished file, and
+the next run redoes just the unfinished ones (their stray chunks are swept first).
+
+A file is re-embedded only when its content hash changed; size and mtime spare the hashing of
+files that were not touched. Deleted files lose their chunks and record.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from slmflow.runtime.embedded import cache_root
+from slmflow.runtime.embeddings import Embedder, load_embedder
+from slmflow.runtime.errors import SlmflowError
+from slmflow.tools.rag.chunking import Chunk, chunk_document
+from slmflow.tools.rag.loaders import LoadError, load_document
+
+log = logging.getLogger("slmflow.rag")
+
+INDEX_META = "slmflow-index.json"
+EMBED_BATCH_CHUNKS = 256
+# File records need a vector (Chroma would otherwise embed them with a model it downloads).
+_NO_VECTOR = [1.0]
+SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".tox"}
+
+
+class IndexUnusableError(SlmflowError):
+    """The folder or index cannot be used as asked."""
+
+
+class IndexSettings(BaseModel):
+    """What the index was built with; a run with other settings would mix incompatible vectors."""
+
+    folder: str
+    embedder: str
+    dimension: int
+    chunk_tokens: int = 200
+    overlap_tokens: int = 32
+
+
+class IndexStats(BaseModel):
+    files_seen: int = 0
+    files_embedded: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    chunks_added: int = 0
+    chunks_total: int = 0
+    warnings: list[str] = []
+    seconds: float = 0.0
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files_embedded / self.seconds if self.seconds else 0.0
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks_added / self.seconds if self.seconds else 0.0
+
+
+def default_index_dir(folder: Path) -> Path:
+    """``<cache>/indexes/<folder name>-<hash of its absolute path>``: one index per folder."""
+    key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+    return cache_root() / "indexes" / f"{folder.resolve().name or 'root'}-{key}"
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def walk(folder: Path, include: list[str] | None = None) -> list[Path]:
+    """Files under ``folder`` (hidden and tool folders skipped; ``include`` globs match file names)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or (include and not any(fnmatch.fnmatch(name, g) for g in include)):
+                continue
+            found.append(Path(root) / name)
+    return found
+
+
+class DocumentIndex:
+    """A folder's chunks in Chroma (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, index_dir: str | Path | None = None, embedder: Embedder | None = None,
+                 chunk_tokens: int = 200, overlap_tokens: int = 32) -> None:
+        import chromadb
+        from chromadb.config import Settings
+
+        self.folder = Path(folder).expanduser()
+        if not self.folder.exists():
+            raise IndexUnusableError(f"folder {self.folder} does not exist", "check the path")
+        if not self.folder.is_dir():
+            raise IndexUnusableError(f"{self.folder} is a file, not a folder", "pass the folder that holds it")
+        self.folder = self.folder.resolve()
+        self.dir = Path(index_dir).expanduser() if index_dir else default_index_dir(self.folder)
+        self.embedder = embedder or load_embedder()
+        self.settings = IndexSettings(folder=str(self.folder), embedder=str(self.embedder.path),
+                                      dimension=self.embedder.dimension, chunk_tokens=chunk_tokens,
+                                      overlap_tokens=overlap_tokens)
+        self._check_settings()
+        self.client = chromadb.PersistentClient(path=str(self.dir / "chroma"),
+                                                settings=Settings(anonymized_telemetry=False))
+        self.chunks = self.client.get_or_create_collection(
+            "chunks", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+        self.files = self.client.get_or_create_collection("files", embedding_function=None)
+
+    def _check_settings(self) -> None:
+        meta = self.dir / INDEX_META
+        if meta.exists():
+            try:
+                stored = IndexSettings.model_validate_json(meta.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise IndexUnusableError(f"{meta} is corrupt ({err.__class__.__name__})",
+                                  "delete the index folder to rebuild it") from None
+            mismatched = [k for k in ("embedder", "dimension", "chunk_tokens", "overlap_tokens")
+                          if getattr(stored, k) != getattr(self.settings, k)]
+            if mismatched:
+                raise IndexUnusableError(
+                    f"the index in {self.dir} was built with other {', '.join(mismatched)} "
+                    f"({', '.join(str(getattr(stored, k)) for k in mismatched)})",
+                    "use those settings, another --index folder, or delete this index to rebuild it")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = meta.with_suffix(".tmp")
+        tmp.write_text(self.settings.model_dump_json(indent=1), encoding="utf-8")
+        tmp.replace(meta)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return self.chunks.count()
+
+    def all_chunks(self) -> list[Chunk]:
+        """Every chunk (for BM25), in a stable order."""
+        got = self.chunks.get(include=["documents", "metadatas"])
+        return chunks_from_query(got["ids"], got["documents"], got["metadatas"])
+
+    def file_records(self) -> dict[str, dict]:
+        got = self.files.get(include=["metadatas"])
+        return dict(zip(got["ids"], got["metadatas"], strict=True))
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def update(self, include: list[str] | None = None, progress: bool = True, ocr: bool = True) -> IndexStats:
+        """Bring the index in step with the folder; see the module docstring for the guarantees."""
+        from slmflow.tools.rag.ocr import ocr_image
+
+        start = time.perf_counter()
+        stats = IndexStats()
+        paths = walk(self.folder, include)
+        stats.files_seen = len(paths)
+        records = self.file_records()
+        current = {self._relative(p): p for p in paths}
+        self._sweep(records, current, stats)
+
+        todo: list[tuple[str, Path, os.stat_result]] = []
+        for rel, path in current.items():
+            try:
+                st = path.stat()
+            except OSError as err:
+                stats.warnings.append(f"{rel}: unreadable ({err.strerror})")
+                continue
+            record = records.get(rel)
+            if record and record["size"] == st.st_size and record["mtime_ns"] == str(st.st_mtime_ns):
+                stats.files_unchanged += 1
+            else:
+                todo.append((rel, path, st))
+
+        pending: list[tuple[str, dict, list[Chunk]]] = []
+        columns = (TextColumn("indexing {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+        with Progress(*columns, disable=not progress or not todo, transient=False) as bar:
+            task = bar.add_task(str(self.folder.name), total=len(todo), rate="")
+            for rel, path, st in todo:
+                self._prepare(rel, path, st, records.get(rel), ocr_image if ocr else None, pending, stats)
+                if sum(len(c) for _, _, c in pending) >= EMBED_BATCH_CHUNKS:
+                    self._write(pending, stats)
+                elapsed = time.perf_counter() - start
+                bar.update(task, advance=1, rate=f"{stats.files_embedded / elapsed:.1f} files/s "
+                                                 f"{stats.chunks_added / elapsed:.0f} chunks/s")
+            self._write(pending, stats)
+        for warning in stats.warnings:
+            log.warning("skipped %s", warning)
+        stats.chunks_total = self.count()
+        stats.seconds = time.perf_counter() - start
+        return stats
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.folder).as_posix()
+
+    def _sweep(self, records: dict[str, dict], current: dict[str, Path], stats: IndexStats) -> None:
+        """Remove files that are gone, and chunks that no finished file owns (an interrupted run's)."""
+        gone = [rel for rel in records if rel not in current]
+        if gone:
+            self.files.delete(ids=gone)
+            for rel in gone:
+                self.chunks.delete(where={"path": rel})
+            stats.files_removed = len(gone)
+        owned = {rel for rel in records if rel in current}
+        got = self.chunks.get(include=["metadatas"])
+        stray = [cid for cid, m in zip(got["ids"], got["metadatas"], strict=True) if m["path"] not in owned]
+        if stray:
+            self.chunks.delete(ids=stray)
+
+    def _prepare(self, rel, path, st, record, ocr, pending, stats) -> None:
+        """Load and chunk one changed file, queueing it for embedding; unchanged content is only re-stamped."""
+        try:
+            digest = file_hash(path)
+        except OSError as err:
+            stats.warnings.append(f"{rel}: unreadable ({err.strerror})")
+            return
+        meta = {"hash": digest, "size": st.st_size, "mtime_ns": str(st.st_mtime_ns)}
+        if record and record["hash"] == digest:
+            self.files.upsert(ids=[rel], metadatas=[{**record, **meta}], embeddings=[_NO_VECTOR])
+            stats.files_unchanged += 1
+            return
+        try:
+            doc = load_document(path, ocr)
+        except LoadError as err:
+            stats.warnings.append(f"{rel}: {err}")
+            doc = None
+        if record:  # the old version goes first: its record, then its chunks
+            self.files.delete(ids=[rel])
+            self.chunks.delete(where={"path": rel})
+        if doc is None:
+            return
+        doc.path = rel
+        chunks = chunk_document(doc, self.embedder.tokenizer, self.settings.chunk_tokens,
+                                self.settings.overlap_tokens)
+        if not chunks:
+            stats.warnings.append(f"{rel}: no text found")
+        pending.append((rel, {**meta, "chunks": len(chunks)}, chunks))
+
+    def _write(self, pending: list[tuple[str, dict, list[Chunk]]], stats: IndexStats) -> None:
+        """Embed and store the queued files' chunks, then (only then) their file records."""
+        if not pending:
+            return
+        chunks = [c for _, _, cs in pending for c in cs]
+        if chunks:
+            vectors = self.embedder.embed([c.embedding_text() for c in chunks])
+            self.chunks.add(ids=[c.id for c in chunks], embeddings=vectors, documents=[c.text for c in chunks],
+                            metadatas=[_metadata(c) for c in chunks])
+        self.files.upsert(ids=[rel for rel, _, _ in pending], metadatas=[m for _, m, _ in pending],
+                          embeddings=[_NO_VECTOR] * len(pending))
+        stats.files_embedded += len(pending)
+        stats.chunks_added += len(chunks)
+        log.info("stored %d files (%d chunks)", len(pending), len(chunks))
+        pending.clear()
+
+
+def _metadata(chunk: Chunk) -> dict:
+    meta = {"path": chunk.path, "title": chunk.title, "heading": chunk.heading, "start": chunk.start,
+            "end": chunk.end}
+    if chunk.page is not None:
+        meta["page"] = chunk.page
+    return meta
+
+
+def _chunk_from(chunk_id: str, text: str, meta: dict) -> Chunk:
+    return Chunk(id=chunk_id, path=meta["path"], title=meta.get("title", ""), heading=meta.get("heading", ""),
+                 page=meta.get("page"), start=meta["start"], end=meta["end"], text=text)
+
+
+def chunks_from_query(ids: Iterable[str], texts: Iterable[str], metas: Iterable[dict]) -> list[Chunk]:
+    return [_chunk_from(i, t, m) for i, t, m in zip(ids, texts, metas, strict=True)]
+

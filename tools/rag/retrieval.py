@@ -1,0 +1,94 @@
+"""Hybrid retrieval: dense (Chroma, cosine) and BM25 (bm25s) rankings fused by reciprocal rank.
+
+Dense vectors find paraphrases, BM25 finds rare exact terms (names, numbers, gene symbols); RRF
+(score = sum of 1 / (60 + rank)) combines the two without calibrating their scores against each
+other. The BM25 index is built in memory from the chunks in Chroma when the retriever opens.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from slmflow.tools.rag.chunking import Chunk
+from slmflow.tools.rag.index import DocumentIndex, chunks_from_query
+
+# bm25s sets its own logger to DEBUG, which prints under any basicConfig.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+RRF_K = 60
+Mode = Literal["hybrid", "dense", "bm25"]
+
+
+class Hit(BaseModel):
+    chunk: Chunk
+    score: float
+    dense_rank: int | None = None
+    bm25_rank: int | None = None
+
+
+def _tokenize(texts: list[str], as_ids: bool = True):
+    import bm25s
+    import Stemmer
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=as_ids,
+                          show_progress=False)
+
+
+def _matches(chunk: Chunk, where: dict | None) -> bool:
+    return not where or all(getattr(chunk, key, None) == value for key, value in where.items())
+
+
+class Retriever:
+    """Top-k chunks of a :class:`DocumentIndex` for a query."""
+
+    def __init__(self, index: DocumentIndex, candidates: int = 50) -> None:
+        import bm25s
+
+        self.index = index
+        self.candidates = candidates
+        self.corpus = index.all_chunks()
+        self._position = {c.id: i for i, c in enumerate(self.corpus)}
+        self.bm25 = bm25s.BM25()
+        if self.corpus:
+            self.bm25.index(_tokenize([c.embedding_text() for c in self.corpus]), show_progress=False)
+
+    def search(self, query: str, k: int = 5, mode: Mode = "hybrid", where: dict | None = None) -> list[Hit]:
+        """The ``k`` best chunks; ``where`` keeps only chunks whose fields equal the given values
+        (e.g. ``{"path": "guide.md"}``)."""
+        if not self.corpus or not query.strip():
+            return []
+        rankings: dict[str, dict[str, int]] = {}
+        if mode in ("hybrid", "dense"):
+            rankings["dense"] = self._dense(query, where)
+        if mode in ("hybrid", "bm25"):
+            rankings["bm25"] = self._bm25(query, where)
+        fused: dict[str, float] = {}
+        for ranks in rankings.values():
+            for cid, rank in ranks.items():
+                fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+        best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
+        return [Hit(chunk=self.corpus[self._position[cid]], score=score, dense_rank=rankings.get("dense", {}).get(cid),
+                    bm25_rank=rankings.get("bm25", {}).get(cid)) for cid, score in best]
+
+    def _dense(self, query: str, where: dict | None) -> dict[str, int]:
+        vector = self.index.embedder.embed([query])
+        found = self.index.chunks.query(query_embeddings=vector, n_results=min(self.candidates, len(self.corpus)),
+                                        where=where or None, include=["documents", "metadatas"])
+        chunks = chunks_from_query(found["ids"][0], found["documents"][0], found["metadatas"][0])
+        return {c.id: rank for rank, c in enumerate(chunks, start=1)}
+
+    def _bm25(self, query: str, where: dict | None) -> dict[str, int]:
+        mask = None
+        if where:
+            mask = np.array([_matches(c, where) for c in self.corpus], dtype=np.float32)
+        tokens = [[t for t in _tokenize([query], as_ids=False)[0] if t in self.bm25.vocab_dict]]
+        if not tokens[0]:
+            return {}
+        n = min(self.candidates, len(self.corpus))
+        docs, scores = self.bm25.retrieve(tokens, k=n, show_progress=False, weight_mask=mask)
+        return {self.corpus[int(d)].id: rank for rank, (d, s) in enumerate(zip(docs[0], scores[0], strict=True), 1)
+                if s > 0}
