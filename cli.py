@@ -175,6 +175,25 @@ def _print_index_stats(stats) -> None:
         + (f"; {len(stats.warnings)} skipped" if stats.warnings else "") + "[/]", highlight=False, soft_wrap=True)
     for warning in stats.warnings:
         err_console.print(f"[yellow]skipped[/] {warning}", highlight=False, soft_wrap=True)
+    for note in stats.notes:
+        err_console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
+
+
+def _questions(question: str | None, intro: str = "ask away"):
+    """The one question given with -q, or lines typed at the prompt until /exit or Ctrl-D."""
+    if question:
+        yield question
+        return
+    err_console.print(f"[dim]{intro} — /exit or Ctrl-D to quit[/]")
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            return
+        if line in ("/exit", "/quit"):
+            return
+        if line:
+            yield line
 
 
 @main.command("index")
@@ -190,9 +209,84 @@ def index_command(folder: str, index_dir: str | None, include: tuple[str, ...], 
     err_console.print(f"[dim]index: {index.dir}[/]", highlight=False)
 
 
-@main.group("run")
+class _RunGroup(click.Group):
+    """``agents run NAME`` for the built-in graphs, and ``agents run FILE.py:GRAPH`` for a user's."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and ":" in name:
+            return _user_graph_command(name)
+        return command
+
+
+@main.group("run", cls=_RunGroup)
 def run_group() -> None:
-    """Run an assistant: docs-qa over a folder."""
+    """Run a graph: assistant (the router), docs-qa FOLDER, or FILE.py:GRAPH (your own LangGraph graph)."""
+
+
+def _thread_options(func):
+    func = click.option("--thread", default=None, help="conversation name; resumes it after a restart")(func)
+    return click.option("--max-steps", type=int, default=25, show_default=True, help="graph step limit")(func)
+
+
+def _converse(graph, make_input, question: str | None, thread: str | None, max_steps: int) -> None:
+    """Ask once (-q) or loop on stdin; a thread left unfinished is resumed first."""
+    from slmflow.graphs.runner import stream_run, thread_config, unfinished
+
+    config = thread_config(thread, max_steps)
+    console = Console()
+    if thread and unfinished(graph, config):
+        err_console.print(f"[dim]thread {thread}: resuming the unfinished run[/]")
+        _print_reply(stream_run(graph, None, config, err_console))
+    for q in _questions(question):
+        _print_reply(stream_run(graph, make_input(q), config, err_console))
+
+
+def _print_reply(values: dict) -> None:
+    messages = values.get("messages") or []
+    if messages:
+        content = messages[-1].content if hasattr(messages[-1], "content") else messages[-1]
+        click.echo(content if isinstance(content, str) else json.dumps(content))
+
+
+@run_group.command("assistant")
+@click.option("-q", "--question", default=None, help="ask this and exit")
+@click.option("--image", "images", multiple=True, type=click.Path(), help="attach an image (repeatable)")
+@click.option("--docs", "docs_folder", type=click.Path(), default=None, help="folder for docs questions")
+@_thread_options
+@_user_errors
+def assistant_command(question, images, docs_folder, thread, max_steps) -> None:
+    """The router graph: each request goes to the mini, vision, moe or docs node that suits it."""
+    from slmflow.graphs.assistant import AssistantGraph
+
+    graph = AssistantGraph(docs_folder=docs_folder).build(checkpointer=_checkpointer(thread))
+    _converse(graph, lambda q: {"messages": [("user", q)], "images": list(images)}, question, thread, max_steps)
+
+
+def _checkpointer(thread: str | None):
+    """SQLite for a named thread (it must survive restarts); memory for a one-off run."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from slmflow.graphs.runner import sqlite_checkpointer
+
+    return sqlite_checkpointer() if thread else InMemorySaver()
+
+
+def _user_graph_command(target: str) -> click.Command:
+    @click.command(target)
+    @click.option("-q", "--question", default=None, help="ask this and exit")
+    @_thread_options
+    @_user_errors
+    def command(question, thread, max_steps) -> None:
+        from slmflow.graphs.runner import load_user_graph
+
+        graph = load_user_graph(target)
+        if thread or graph.checkpointer is None:  # threads and approvals need a checkpointer
+            graph = graph.builder.compile(checkpointer=_checkpointer(thread))
+        _converse(graph, lambda q: {"messages": [("user", q)]}, question, thread, max_steps)
+
+    command.__doc__ = f"Run the graph {target}."
+    return command
 
 
 @run_group.command("docs-qa")
@@ -225,19 +319,8 @@ def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, include
         err_console.print(f"[dim]retrieval {result.retrieval_ms:.0f} ms, answer {result.generation_ms:.0f} ms "
                           f"({result.completion_tokens} tokens)[/]", highlight=False)
 
-    if question:
-        answer(question)
-        return
-    err_console.print("[dim]ask about the documents — /exit or Ctrl-D to quit[/]")
-    while True:
-        try:
-            line = input("? ").strip()
-        except EOFError:
-            return
-        if line in ("/exit", "/quit"):
-            return
-        if line:
-            answer(line)
+    for q in _questions(question, "ask about the documents"):
+        answer(q)
 
 
 SUITES = {

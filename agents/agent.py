@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage
-from slmflow.runtime.messages import Message
+from slmflow.runtime.messages import Message, as_messages
 from slmflow.runtime.tool_calling import ToolCall, ToolChoice, generate_with_tools, tool_prompt
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.tools.base import Tool, ToolRegistry, ToolResult
@@ -73,6 +73,7 @@ class Agent:
         allow_mutating_tools: bool = False,
         sampling: SamplingParams | None = None,
         tool_selector: ToolSelector | Literal["default"] | None = "default",
+        approve: Callable[[Tool, ToolCall], bool] | None = None,
     ) -> None:
         """``tool_selector``: who decides, under ``tool_choice="auto"``, whether a user message gets a
         tool call: "default" is the embedding selector (runtime/tool_selection.py), None the model alone.
@@ -88,6 +89,7 @@ class Agent:
         if tool_selector == "default":
             tool_selector = ToolSelector() if tools and tool_choice == "auto" else None
         self.tool_selector = tool_selector
+        self.approve = approve
 
     def _fit(self, messages: list[Message], step: int) -> Iterator[AgentEvent]:
         """Drop the oldest turns until the prompt fits the context window (see the module docstring)."""
@@ -110,12 +112,14 @@ class Agent:
         if dropped:
             yield AgentEvent(kind="compacted", step=step, text=f"dropped the {dropped} oldest messages to fit")
 
-    def stream(self, user_input: str) -> Iterator[AgentEvent]:
-        """Run the loop, yielding events; the generator's return value is the :class:`AgentResult`."""
+    def stream(self, user_input: str, history: Sequence[Message | dict] = ()) -> Iterator[AgentEvent]:
+        """Run the loop, yielding events; the generator's return value is the :class:`AgentResult`.
+        ``history``: earlier turns of the conversation (user and assistant messages)."""
         start = time.perf_counter()
         messages: list[Message] = []
         if self.system:
             messages.append(Message(role="system", content=self.system))
+        messages += as_messages(history)
         messages.append(Message(role="user", content=user_input))
         trace: list[AgentEvent] = []
 
@@ -147,19 +151,19 @@ class Agent:
                 yield emit(AgentEvent(kind="final", step=step, text=turn.text))
                 return finish("done", output, step)
             for call in turn.tool_calls:
-                result = self.registry.call(call)
+                result = self.registry.call(call, self.approve)
                 messages.append(Message(**result.as_message()))
                 yield emit(AgentEvent(kind="tool", step=step, tool_result=result))
         return finish("max_steps", None, self.limits.max_steps)
 
-    def run(self, user_input: str) -> AgentResult:
-        events = self.stream(user_input)
+    def run(self, user_input: str, history: Sequence[Message | dict] = ()) -> AgentResult:
+        events = self.stream(user_input, history)
         while True:
             try:
                 next(events)
             except StopIteration as done:
                 return done.value
 
-    async def arun(self, user_input: str) -> AgentResult:
+    async def arun(self, user_input: str, history: Sequence[Message | dict] = ()) -> AgentResult:
         """The same run in a worker thread, so an event loop stays responsive."""
-        return await asyncio.to_thread(self.run, user_input)
+        return await asyncio.to_thread(self.run, user_input, history)

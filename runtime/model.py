@@ -11,10 +11,11 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmflow.runtime import embedded
 from functools import cached_property
 
 from pydantic import BaseModel
+
+from slmflow.runtime import embedded
 
 from slmflow.runtime.backends.base import Backend
 from slmflow.runtime.constraints import Constraint, ConstraintEngine, JsonSchema, parse_output

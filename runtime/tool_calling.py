@@ -163,7 +163,8 @@ def generate_with_tools(
 
     With a ``selector`` and ``tool_choice="auto"``, a turn that answers a user message is decided by
     the selector (tool_selection.py): a call to one of the tools it allows, or words when it allows
-    none. Turns after a tool result stay free for the model, which then usually answers.
+    none. A turn that follows tool results is an answer in words: small models left free there
+    repeat the call they just made.
     """
     messages = as_messages(messages)
     selection = None
@@ -171,13 +172,17 @@ def generate_with_tools(
         selection = selector.select(messages[-1].content, tools)
         allowed = [t for t in tools if t.name in selection.allowed]
         grammar = tool_call_grammar(allowed, "required", parallel) if allowed else tool_call_grammar(tools, "none")
+    elif selector is not None and tool_choice == "auto" and messages[-1].role == "tool":
+        grammar = tool_call_grammar(tools, "none")
     else:
         grammar = tool_call_grammar(tools, tool_choice, parallel)
     ids = tool_prompt(model, messages, tools)
     if len(ids) + 1 > model.context_length:
         raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "
                           f"{model.context_length}", "shorten it or let the agent compact its history")
-    result = model.generate(ids, constraint=grammar, max_tokens=max_tokens, sampling=sampling).result()
+    # An answer in words that starts imitating a call ends there: it cannot be one.
+    stop = (CALL_OPEN,) if grammar.text.startswith("start: text\n") else ()
+    result = model.generate(ids, constraint=grammar, max_tokens=max_tokens, sampling=sampling, stop=stop).result()
     calls = parse_tool_calls(result.text)
     return ToolTurn(text="" if calls else result.text, tool_calls=calls, raw=result.text, result=result,
                     selection=selection)

@@ -80,3 +80,57 @@ def tiny_phi3_hf(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_phi3_dirs(tiny_phi3_hf):
     return tiny_phi3_hf, build_onnx(tiny_phi3_hf, tiny_phi3_hf.parent / "onnx")
+
+
+def build_tiny_phimoe(folder: Path) -> Path:
+    """A 2-layer PhimoeForCausalLM (4 experts, 2 per token) with random weights and SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer, PhimoeConfig, PhimoeForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source())
+    config = PhimoeConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
+    )
+    model = PhimoeForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+IMAGE_TOKEN = "<image>"
+
+
+def build_tiny_llava(folder: Path) -> Path:
+    """A LLaVA (CLIP vision tower + Llama text model, transformers-native) with random weights:
+    32x32 images in 8x8 patches, SmolLM2's tokenizer with an <image> token, saved with its processor."""
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source())
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+                "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}"
+                "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", chat_template=template,
+                               num_additional_image_tokens=1)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

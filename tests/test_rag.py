@@ -124,15 +124,19 @@ def test_docx_headings_become_sections(tmp_path):
     assert "1.2 million" in doc.text
 
 
-@pytest.mark.parametrize("content, reason", [
-    ("café".encode("latin-1"), "not UTF-8"),
-    (b"\x00\x01binary\x00", "binary"),
-])
-def test_unreadable_text_is_refused_with_the_reason(tmp_path, content, reason):
+def test_binary_file_is_refused_with_the_reason(tmp_path):
     path = tmp_path / "bad.txt"
-    path.write_bytes(content)
-    with pytest.raises(LoadError, match=reason):
+    path.write_bytes(b"\x00\x01binary\x00")
+    with pytest.raises(LoadError, match="binary"):
         load_document(path)
+
+
+def test_legacy_encoded_text_is_read_with_a_note(tmp_path):
+    path = tmp_path / "old.txt"
+    path.write_bytes("Caf\u00e9 cr\u00e8me \u2014 1998".encode("cp1252"))
+    doc = load_document(path)
+    assert doc.text == "Caf\u00e9 cr\u00e8me \u2014 1998"
+    assert doc.notes == ["not UTF-8 (byte 3); read as Windows-1252 — save it as UTF-8 if characters look wrong"]
 
 
 def test_chunks_fit_the_embedder_and_overlap(embedder):
@@ -173,13 +177,13 @@ def test_bad_files_are_skipped_by_name_and_the_rest_indexed(folder, tmp_path):
     (folder / "gone.md").symlink_to(folder / "missing-target.md")
     stats = DocumentIndex(folder, tmp_path / "index").update(progress=False)
     warnings = "\n".join(stats.warnings)
-    assert "latin1.txt: not UTF-8" in warnings
+    assert "latin1.txt: not UTF-8 (byte 3); read as Windows-1252" in "\n".join(stats.notes)
     assert "blank-scan.pdf: PDF has no text layer" in warnings
     assert "huge.log: 200 MB is over the 50 MB limit" in warnings
     assert "gone.md: unreadable" in warnings
-    assert stats.files_embedded == 3
+    assert stats.files_embedded == 4
     assert {c.path for c in DocumentIndex(folder, tmp_path / "index").all_chunks()} == {
-        "coffee.txt", "eiffel-tower.md", "honeybees.html"}
+        "coffee.txt", "eiffel-tower.md", "honeybees.html", "latin1.txt"}
 
 
 def test_missing_folder_is_named(tmp_path):

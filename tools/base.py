@@ -117,8 +117,9 @@ class ToolRegistry:
     def specs(self) -> list[ToolSpec]:
         return [t.spec for t in self._tools.values()]
 
-    def call(self, call: ToolCall) -> ToolResult:
-        """Validate and run one call; every failure becomes an error result."""
+    def call(self, call: ToolCall, approve: Callable[[Tool, ToolCall], bool] | None = None) -> ToolResult:
+        """Validate and run one call; every failure becomes an error result. A tool marked
+        ``needs_approval`` runs only when ``approve`` says yes (with no ``approve``, it never runs)."""
         def fail(message: str) -> ToolResult:
             return ToolResult(call_id=call.id, name=call.name, ok=False, content=message)
 
@@ -131,6 +132,8 @@ class ToolRegistry:
             first = err.errors()[0]
             return fail(f"bad arguments for {call.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
         kwargs = {k: getattr(args, k) for k in t.args_model.model_fields}
+        if t.needs_approval and (approve is None or not approve(t, call)):
+            return fail(f"{call.name} needs the user's approval, which was not given; do not retry it")
         try:
             if inspect.iscoroutinefunction(t.fn):
                 value = asyncio.run(asyncio.wait_for(t.fn(**kwargs), t.timeout_s))

@@ -86,16 +86,18 @@ def _evaluate(node):
         if isinstance(node.op, ast.Pow) and (abs(right) > 100 or abs(left) > 1e6):
             raise ToolError("exponent too large")
         return _OPS[type(node.op)](left, right)
-    raise ToolError(f"not arithmetic: {ast.dump(node)[:60]}")
+    raise ToolError(f"only numbers and + - * / // % ** ( ) are allowed, not {type(node).__name__.lower()}")
 
 
 @tool
 def calculator(expression: str) -> float | int:
-    """Evaluate an arithmetic expression with + - * / // % ** and parentheses."""
+    """Math calculator: compute the numeric result of arithmetic such as 3 + 4, 12 * 7, 10 / 4 or
+    2 ** 8 (+ - * / // % ** ^ and parentheses)."""
     if len(expression) > 200:
         raise ToolError("expression longer than 200 characters")
     try:
-        tree = ast.parse(expression.replace("^", "**"), mode="eval")
+        # Small models often close an argument with a stray comma; "1 * 2," is not meant as a tuple.
+        tree = ast.parse(expression.replace("^", "**").strip().rstrip(",;").strip(), mode="eval")
     except SyntaxError:
         raise ToolError(f"cannot parse '{expression}'") from None
     try:

@@ -60,7 +60,7 @@ def chunk_document(doc: Document, tokenizer, max_tokens: int = 200, overlap: int
     if not units:
         return []
     encoded = tokenizer([doc.text[a:b] for a, b, _ in units], add_special_tokens=False,
-                        return_offsets_mapping=True)
+                        return_offsets_mapping=True, verbose=False)
     pieces: list[tuple[int, int, int, int]] = []  # start, end, section, tokens
     for (a, _b, sec), offsets in zip(units, encoded["offset_mapping"], strict=True):
         # A sentence longer than a chunk is cut at token boundaries.

@@ -60,7 +60,8 @@ class IndexStats(BaseModel):
     files_removed: int = 0
     chunks_added: int = 0
     chunks_total: int = 0
-    warnings: list[str] = []
+    warnings: list[str] = []  # files skipped, and why
+    notes: list[str] = []  # files indexed with a caveat (e.g. read in a legacy encoding)
     seconds: float = 0.0
 
     @property
@@ -201,6 +202,8 @@ class DocumentIndex:
             self._write(pending, stats)
         for warning in stats.warnings:
             log.warning("skipped %s", warning)
+        for note in stats.notes:
+            log.info("note: %s", note)
         stats.chunks_total = self.count()
         stats.seconds = time.perf_counter() - start
         return stats
@@ -245,6 +248,7 @@ class DocumentIndex:
         if doc is None:
             return
         doc.path = rel
+        stats.notes += [f"{rel}: {note}" for note in doc.notes]
         chunks = chunk_document(doc, self.embedder.tokenizer, self.settings.chunk_tokens,
                                 self.settings.overlap_tokens)
         if not chunks:

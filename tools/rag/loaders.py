@@ -40,12 +40,14 @@ class Document(BaseModel):
     title: str
     text: str
     sections: list[Section]
+    notes: list[str] = []  # what the user should know about how the file was read
 
 
 class _Builder:
     """Appends text blocks and records the section each belongs to."""
 
-    def __init__(self) -> None:
+    def __init__(self, notes: list[str] | None = None) -> None:
+        self.notes = notes or []
         self.parts: list[str] = []
         self.sections: list[Section] = []
         self.length = 0
@@ -62,7 +64,8 @@ class _Builder:
         self.length += len(text)
 
     def document(self, path: Path, title: str) -> Document:
-        return Document(path=str(path), title=title, text="".join(self.parts), sections=self.sections)
+        return Document(path=str(path), title=title, text="".join(self.parts), sections=self.sections,
+                        notes=self.notes)
 
 
 def clean_text(text: str) -> str:
@@ -74,14 +77,21 @@ def clean_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path) -> tuple[str, list[str]]:
+    """The text and, for a file that is not UTF-8, a note saying how it was read: Windows-1252
+    (the usual legacy encoding of Western text) when it decodes as such, else Latin-1."""
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         raise LoadError("binary file (NUL bytes), skipped")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig"), []
     except UnicodeDecodeError as err:
-        raise LoadError(f"not UTF-8 (byte {err.start}): convert it to UTF-8 to index it") from None
+        position = err.start
+    try:
+        text, encoding = data.decode("cp1252"), "Windows-1252"
+    except UnicodeDecodeError:
+        text, encoding = data.decode("latin-1"), "Latin-1"
+    return text, [f"not UTF-8 (byte {position}); read as {encoding} — save it as UTF-8 if characters look wrong"]
 
 
 def _first_line(text: str, fallback: str) -> str:
@@ -90,8 +100,8 @@ def _first_line(text: str, fallback: str) -> str:
 
 
 def load_text(path: Path) -> Document:
-    text = _read_text(path)
-    builder = _Builder()
+    text, notes = _read_text(path)
+    builder = _Builder(notes)
     builder.add(text)
     return builder.document(path, _first_line(text, path.stem))
 
@@ -112,9 +122,9 @@ def _split_by_headings(text: str, pattern: re.Pattern, title_group: str | int) -
 
 def load_markup(path: Path) -> Document:
     """Markdown and reStructuredText: sections follow their headings."""
-    text = _read_text(path)
+    text, notes = _read_text(path)
     pattern, group = (_RST_HEADING, "title") if path.suffix.lower() == ".rst" else (_MD_HEADING, 2)
-    builder = _Builder()
+    builder = _Builder(notes)
     for heading, body in _split_by_headings(text, pattern, group):
         builder.add((heading + "\n" if heading else "") + body, heading=heading)
     headings = [s.heading for s in builder.sections if s.heading]
@@ -196,8 +206,9 @@ def load_docx(path: Path) -> Document:
 
 def load_csv(path: Path) -> Document:
     """One line of ``column: value`` pairs per row, so a chunk of rows reads as records."""
-    rows = list(csv.reader(io.StringIO(_read_text(path))))
-    builder = _Builder()
+    text, notes = _read_text(path)
+    rows = list(csv.reader(io.StringIO(text)))
+    builder = _Builder(notes)
     if rows:
         header, body = rows[0], rows[1:]
         builder.add("\n".join("; ".join(f"{h}: {v}" for h, v in zip(header, row, strict=False)) for row in body))
@@ -206,10 +217,11 @@ def load_csv(path: Path) -> Document:
 
 def load_json(path: Path) -> Document:
     try:
-        data = json.loads(_read_text(path))
+        text, notes = _read_text(path)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise LoadError(f"invalid JSON at line {err.lineno}: {err.msg}") from None
-    builder = _Builder()
+    builder = _Builder(notes)
     builder.add(json.dumps(data, indent=1, ensure_ascii=False))
     return builder.document(path, path.stem)
 

@@ -1,0 +1,229 @@
+"""The router graph: split a request into subtasks and send each to the model role that suits it.
+
+    START → plan → vision (one per attached image, when there are any) → route → mini | moe | docs → END
+
+* plan: hard signals only, so a plain request costs nothing here: each attached image becomes a
+  vision subtask; the text of the request is the one remaining subtask.
+* vision: the vision role reads the image; with no vision model configured, OCR reads it and the
+  trace says so (``fallback: ocr``).
+* route: one constrained ``Choice`` by the mini model among chat / tools / docs / reasoning, so a
+  one-subtask request costs exactly one short constrained decision. ``docs`` without a documents
+  folder goes to the mini agent.
+* mini: an Agent with the read-only built-in tools; moe: step-by-step reasoning, then the final
+  answer under a JSON Schema; docs: the docs-qa agent over the configured folder.
+
+Text read from images is given to whichever node answers. Every node appends trace events (node,
+model, tokens, tokens/s, milliseconds), which the CLI streams. The graph compiles with any
+LangGraph checkpointer; `agents run assistant --thread NAME` uses the SQLite one.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from langchain_core.messages import AIMessage, AnyMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.types import Send, interrupt
+from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
+
+from slmflow.agents.agent import Agent, AgentLimits
+from slmflow.runtime import Model, load_model
+from slmflow.runtime.constraints import Choice
+from slmflow.runtime.loop import Usage
+from slmflow.runtime.vision import load_images
+from slmflow.runtime.tool_calling import ToolCall
+from slmflow.tools import Tool, calculator, current_time
+
+ROUTES = ["chat", "tools", "docs", "reasoning"]
+ROUTE_PROMPT = ("Pick the kind of work the request needs: chat (conversation, general knowledge), tools (current "
+                "time, one arithmetic expression), docs (the user's own documents), reasoning (a word problem solved "
+                "in steps). Answer with one word.")
+# Worked examples shown before every request. They are the same each time, so the prefix cache
+# keeps them and a routing decision prefills only the request itself (about 60 ms on CPU).
+ROUTE_EXAMPLES = [
+    ("Tell me a fun fact about cats.", "chat"), ("What is 17 * 23?", "tools"),
+    ("What does my contract say about notice periods?", "docs"),
+    ("A train leaves at 3 pm and travels 120 km at 60 km/h. When does it arrive?", "reasoning"),
+    ("What time is it in Tokyo?", "tools"), ("Summarise the report in my files.", "docs"),
+    ("If Ann has 3 apples and gives Bob 1, how many are left?", "reasoning"), ("How do I make pancakes?", "chat"),
+]
+
+
+def route_messages(request: str) -> list[dict]:
+    messages = [{"role": "system", "content": ROUTE_PROMPT}]
+    for example, route in ROUTE_EXAMPLES:
+        messages += [{"role": "user", "content": example}, {"role": "assistant", "content": route}]
+    return [*messages, {"role": "user", "content": request}]
+
+
+class FinalAnswer(BaseModel):
+    """The moe node's last word, generated under this schema after its free-form reasoning."""
+
+    answer: str = Field(max_length=80)  # at most 80 tokens, so it always closes within max_tokens
+
+
+class GraphLimits(BaseModel):
+    """Caps per graph run; a run that reaches one stops with what it has and says so."""
+
+    max_tokens: int = Field(2048, ge=1, description="generated tokens over all nodes")
+    max_steps: int = Field(12, ge=1, description="LangGraph super-steps (its recursion limit)")
+
+
+class TraceEvent(BaseModel):
+    node: str
+    model: str = ""
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    ms: float = 0.0
+    note: str = ""
+
+
+class AssistantState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    images: list[str]
+    image_texts: Annotated[list[str], operator.add]
+    route: str
+    trace: Annotated[list[dict], operator.add]
+    tokens_used: Annotated[int, operator.add]
+
+
+def _event(node: str, model: Model | None, started: float, usage: Usage | None = None, tokens: int = 0,
+           note: str = "") -> dict:
+    return TraceEvent(node=node, model=str(model.spec) if model else "",
+                      tokens=usage.completion_tokens if usage else tokens,
+                      tokens_per_s=round(usage.decode_tokens_per_s, 1) if usage else 0.0,
+                      ms=round((time.perf_counter() - started) * 1000, 1), note=note).model_dump()
+
+
+def _request(state: AssistantState) -> str:
+    return next(m.content for m in reversed(state["messages"]) if m.type == "human")
+
+
+def _ask_user(tool: Tool, call: ToolCall) -> bool:
+    """Pause the graph (a LangGraph interrupt, saved by the checkpointer) until the user answers.
+    On resume LangGraph re-runs the node and ``interrupt`` returns the user's answer."""
+    answer = interrupt({"tool": tool.name, "arguments": call.arguments, "question": f"run {tool.name}?"})
+    return answer is True or str(answer).strip().lower() in ("y", "yes", "true")
+
+
+def _with_image_text(state: AssistantState, question: str) -> str:
+    texts = state.get("image_texts") or []
+    if not texts:
+        return question
+    return "Text of the attached document:\n" + "\n---\n".join(texts) + f"\n\nRequest: {question}"
+
+
+class AssistantGraph:
+    """Builds the router graph over the configured roles (see the module docstring)."""
+
+    def __init__(self, docs_folder: str | Path | None = None, limits: GraphLimits | None = None,
+                 tools: Sequence[Tool] = (), allow_mutating_tools: bool = False) -> None:
+        self.docs_folder = docs_folder
+        self.limits = limits or GraphLimits()
+        self.tools = [calculator, current_time, *tools]
+        self.allow_mutating = allow_mutating_tools
+        self._docs = None
+
+    # --- nodes -----------------------------------------------------------------------------------
+
+    def plan(self, state: AssistantState) -> dict:
+        load_images(state.get("images") or [])  # a missing or undecodable image fails before any model runs
+        return {"trace": [TraceEvent(node="plan", note=f"{len(state.get('images') or [])} image(s), 1 question")
+                          .model_dump()]}
+
+    def fan_out(self, state: AssistantState) -> list[Send] | str:
+        images = state.get("images") or []
+        return [Send("vision", {"image": path}) for path in images] if images else "route"
+
+    def vision(self, task: dict) -> dict:
+        from slmflow.graphs.vision import read_image
+
+        started = time.perf_counter()
+        text, model, usage, note = read_image(task["image"])
+        return {"image_texts": [text], "trace": [_event("vision", model, started, usage, note=note)],
+                "tokens_used": usage.completion_tokens if usage else 0}
+
+    def route(self, state: AssistantState) -> dict:
+        started = time.perf_counter()
+        model = load_model(role="mini")
+        response = model.generate(route_messages(_request(state)), constraint=Choice(ROUTES), max_tokens=4)
+        route = response.text()
+        usage = response.result().usage
+        return {"route": route, "trace": [_event("route", model, started, usage, note=route)],
+                "tokens_used": usage.completion_tokens}
+
+    def pick(self, state: AssistantState) -> Literal["mini", "moe", "docs"]:
+        route = state["route"]
+        if route == "reasoning":
+            return "moe"
+        if route == "docs" and self.docs_folder is not None:
+            return "docs"
+        return "mini"
+
+    def _budget(self, state: AssistantState) -> int:
+        return max(1, self.limits.max_tokens - (state.get("tokens_used") or 0))
+
+    def mini(self, state: AssistantState) -> dict:
+        started = time.perf_counter()
+        model = load_model(role="mini")
+        agent = Agent(model, tools=self.tools, allow_mutating_tools=self.allow_mutating, approve=_ask_user,
+                      limits=AgentLimits(max_steps=4, max_tokens=min(256, self._budget(state))))
+        history = [{"role": {"human": "user", "ai": "assistant"}[m.type], "content": m.content}
+                   for m in state["messages"][:-1] if m.type in ("human", "ai")]
+        result = agent.run(_with_image_text(state, _request(state)), history=history)
+        tokens = sum(e.usage.completion_tokens for e in result.trace if e.usage)
+        calls = [c.name for e in result.trace for c in e.tool_calls]
+        note = f"status {result.status}" + (f", tools: {', '.join(calls)}" if calls else "")
+        return {"messages": [AIMessage(content=str(result.output or ""))],
+                "trace": [_event("mini", model, started, tokens=tokens, note=note)], "tokens_used": tokens}
+
+    def moe(self, state: AssistantState) -> dict:
+        started = time.perf_counter()
+        model = load_model(role="moe")
+        question = _with_image_text(state, _request(state))
+        steps = model.generate([{"role": "user", "content": question + "\nThink step by step."}],
+                               max_tokens=min(256, self._budget(state)))
+        reasoning = steps.text()
+
+        final = model.generate([{"role": "user", "content": question + "\nThink step by step."},
+                                {"role": "assistant", "content": reasoning},
+                                {"role": "user", "content": "Now give only the final answer."}],
+                               output=FinalAnswer, max_tokens=100)
+        usage = steps.result().usage
+        return {"messages": [AIMessage(content=final.answer)],
+                "trace": [_event("moe", model, started, usage, note="reasoned, then a constrained final answer")],
+                "tokens_used": usage.completion_tokens}
+
+    def docs(self, state: AssistantState) -> dict:
+        from slmflow.agents.docs_qa import DocsQA
+
+        started = time.perf_counter()
+        if self._docs is None:
+            self._docs = DocsQA(self.docs_folder, load_model(role="mini"))
+            self._docs.update_index(progress=False)
+        answer = self._docs.ask(_request(state))
+        cited = "; ".join(s.label() for s in answer.cited)
+        return {"messages": [AIMessage(content=answer.answer + (f"\n{cited}" if cited else ""))],
+                "trace": [_event("docs", self._docs.model, started, tokens=answer.completion_tokens,
+                                 note=f"{len(answer.sources)} sources")],
+                "tokens_used": answer.completion_tokens}
+
+    # --- the graph -------------------------------------------------------------------------------
+
+    def build(self, checkpointer: Any = None):
+        graph = StateGraph(AssistantState)
+        for name in ("plan", "vision", "route", "mini", "moe", "docs"):
+            graph.add_node(name, getattr(self, name))
+        graph.add_edge(START, "plan")
+        graph.add_conditional_edges("plan", self.fan_out, ["vision", "route"])
+        graph.add_edge("vision", "route")
+        graph.add_conditional_edges("route", self.pick, ["mini", "moe", "docs"])
+        for name in ("mini", "moe", "docs"):
+            graph.add_edge(name, END)
+        return graph.compile(checkpointer=checkpointer)

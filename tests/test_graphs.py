@@ -1,0 +1,254 @@
+"""The LangChain chat model, the role paths (mini, vision, moe), the router graph, threads that
+survive a killed process, approvals, and the errors a user can cause.
+
+Models are real: the embedded SmolLM2 for chat, routing and tools; a tiny random-weight PhiMoE
+and a tiny random-weight LLaVA (built in conftest) for the moe and vision code paths.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_llava, build_tiny_phimoe
+from langchain_core.messages import HumanMessage, ToolMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
+from PIL import Image, ImageDraw, ImageFont
+from pydantic import BaseModel
+
+from slmflow.agents.chat_model import SlmflowChatModel, langchain_tool
+from slmflow.graphs.assistant import AssistantGraph, AssistantState
+from slmflow.runtime import load_model
+from slmflow.runtime.errors import PromptError, SlmflowError
+from slmflow.tools import calculator, tool
+
+
+def render_text(path: Path, lines: list[str]) -> Path:
+    image = Image.new("RGB", (720, 60 + 50 * len(lines)), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((20, 30 + 50 * i), line, fill="black", font=ImageFont.load_default(size=30))
+    image.save(path)
+    return path
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slmflow.cli", *args], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+# --- LangChain / LangGraph fit -------------------------------------------------------------------
+
+def test_langgraph_prebuilt_react_agent_calls_a_builtin_tool(onnx_model):
+    from langgraph.prebuilt import create_react_agent
+
+    agent = create_react_agent(SlmflowChatModel(model="embedded", max_tokens=96), [langchain_tool(calculator)])
+    out = agent.invoke({"messages": [("user", "Use the calculator to compute 1234 * 5678.")]})
+    results = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert results and results[0].name == "calculator" and results[0].content == "7006652"
+    assert out["messages"][-1].type == "ai" and not out["messages"][-1].tool_calls
+
+
+def test_chat_model_streams_and_batches_like_invoke(onnx_model):
+    llm = SlmflowChatModel(model="embedded", max_tokens=16)
+    whole = llm.invoke("Name a colour.").content
+    assert "".join(chunk.content for chunk in llm.stream("Name a colour.")) == whole
+    assert [m.content for m in llm.batch(["Name a colour.", "Name a colour."])] == [whole, whole]
+
+
+def test_structured_output_always_parses(onnx_model):
+    class City(BaseModel):
+        name: str
+        country: str
+
+    city = SlmflowChatModel(model="embedded", max_tokens=64).with_structured_output(City).invoke(
+        "Paris is a city in which country?")
+    assert isinstance(city, City)
+
+
+def test_bind_tools_honours_a_named_tool_choice(onnx_model):
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    llm = SlmflowChatModel(model="embedded", max_tokens=64).bind_tools([get_weather.fn], tool_choice="get_weather")
+    message = llm.invoke("Tell me a joke.")
+    assert [c["name"] for c in message.tool_calls] == ["get_weather"]
+
+
+# --- roles ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_phimoe(tmp_path_factory):
+    return build_tiny_phimoe(tmp_path_factory.mktemp("tiny-phimoe") / "hf")
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava") / "hf")
+
+
+def test_phimoe_through_our_loop_matches_transformers_generate(tiny_phimoe):
+    from transformers import AutoModelForCausalLM
+
+    model = load_model(f"hf:{tiny_phimoe}")
+    ids = model.prompt_ids("Hello there")
+    ours = model.generate(ids, max_tokens=12).result().token_ids
+    reference = AutoModelForCausalLM.from_pretrained(tiny_phimoe).eval()
+    theirs = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    assert ours == theirs
+
+
+def test_vision_model_through_our_loop_matches_transformers_generate(tiny_llava, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from slmflow.runtime.vision import VisionModel
+
+    images = [render_text(tmp_path / "a.png", ["Total 42"]), render_text(tmp_path / "b.png", ["Paid"])]
+    ours = VisionModel(tiny_llava).generate("What do these show?", images, max_tokens=10).result().token_ids
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    reference = AutoModelForImageTextToText.from_pretrained(tiny_llava).eval()
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "What do these show?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=text, images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")
+    theirs = reference.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert ours == theirs.tolist()
+
+
+def test_undecodable_image_is_named(tmp_path):
+    from slmflow.runtime.vision import load_images
+
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(PromptError, match="scan.png cannot be decoded"):
+        load_images([bad])
+
+
+def test_vision_role_reads_the_image_when_configured(tiny_llava, tmp_path, monkeypatch):
+    from slmflow.graphs.vision import read_image
+
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nvision = "hf:{tiny_llava}"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    _, model, usage, note = read_image(render_text(tmp_path / "page.png", ["Total 42"]))
+    assert note == "vision model" and usage.completion_tokens > 0 and str(tiny_llava) in model.spec
+
+
+# --- the router graph -------------------------------------------------------------------------
+
+def test_document_image_with_arithmetic_goes_through_vision_fallback_and_moe(onnx_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no slmflow.toml: no vision model, so OCR reads the image
+    invoice = render_text(tmp_path / "invoice.png", ["Invoice 1017", "Paper: 12 EUR", "Ink: 30 EUR"])
+    graph = AssistantGraph().build()
+    out = graph.invoke({"messages": [("user", "What is the total of the two amounts on this invoice? "
+                                               "Add them step by step.")], "images": [str(invoice)]})
+    nodes = [event["node"] for event in out["trace"]]
+    assert nodes == ["plan", "vision", "route", "moe"]
+    vision = out["trace"][1]
+    assert vision["note"].startswith("fallback: ocr")
+    read = out["image_texts"][0].replace(" ", "")  # OCR's spacing around ':' varies
+    assert "Paper:12EUR" in read and "Ink:30EUR" in read
+    route = out["trace"][2]
+    assert route["tokens"] <= 2  # one short constrained decision, not a planning essay
+    assert out["messages"][-1].type == "ai"
+
+
+def test_moe_role_runs_the_configured_phimoe(onnx_model, tiny_phimoe, tmp_path, monkeypatch):
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "hf:{tiny_phimoe}"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    update = AssistantGraph().moe({"messages": [HumanMessage("If Ann has 3 apples and eats 1, how many are left?")]})
+    assert update["trace"][0]["model"] == f"hf:{tiny_phimoe}"
+    assert update["trace"][0]["tokens"] > 0
+
+
+def test_role_mapped_to_a_missing_model_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "slmflow.toml").write_text('[roles]\nmini = "hf:/nowhere/phi-3.5-mini"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    graph = AssistantGraph().build(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t"}}
+    with pytest.raises(SlmflowError, match="nowhere"):
+        graph.invoke({"messages": [("user", "hello")]}, config)
+    assert graph.get_state(config).values["messages"][0].content == "hello"  # the checkpoint still reads
+
+
+def test_tool_needing_approval_waits_for_the_user(onnx_model, tmp_path):
+    written = []
+
+    @tool(mutates=True, needs_approval=True)
+    def write_note(text: str) -> str:
+        """Write a note with the given text to the notes file."""
+        written.append(text)
+        return "saved"
+
+    assistant = AssistantGraph(tools=[write_note], allow_mutating_tools=True)
+    builder = StateGraph(AssistantState)
+    builder.add_node("mini", assistant.mini)
+    builder.add_edge(START, "mini")
+    builder.add_edge("mini", END)
+    graph = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "approval"}}
+    graph.invoke({"messages": [("user", "Write a note with the text: buy milk")]}, config)
+    pending = graph.get_state(config)
+    assert pending.next == ("mini",) and pending.tasks[0].interrupts[0].value["tool"] == "write_note"
+    assert written == []
+    graph.invoke(Command(resume="no"), config)
+    assert written == [] and not graph.get_state(config).next
+
+
+# --- threads and user graphs from the CLI ---------------------------------------------------
+
+SLOW_GRAPH = textwrap.dedent('''
+    import os, sys, time
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def first(state):
+        return {"messages": [("assistant", "first saw: " + state["messages"][-1].content)]}
+
+    def second(state):
+        if os.environ.get("HANG_IN_SECOND"):
+            print("second started", file=sys.stderr, flush=True)
+            time.sleep(600)
+        return {"messages": [("assistant", "second done")]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("first", first)
+    builder.add_node("second", second)
+    builder.add_edge(START, "first")
+    builder.add_edge("first", "second")
+    builder.add_edge("second", END)
+    graph = builder.compile()
+''')
+
+
+def test_killed_conversation_continues_from_its_checkpoint(tmp_path):
+    import os
+
+    graph_file = tmp_path / "my_graph.py"
+    graph_file.write_text(SLOW_GRAPH, encoding="utf-8")
+    env = {**os.environ, "SLMFLOW_CACHE_DIR": str(tmp_path / "cache"), "HANG_IN_SECOND": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "slmflow.cli", "run", f"{graph_file}:graph", "--thread", "t1",
+                             "-q", "hello"], stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:
+        if "second started" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    del env["HANG_IN_SECOND"]
+    done = _cli("run", f"{graph_file}:graph", "--thread", "t1", "-q", "again", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "resuming the unfinished run" in done.stderr
+    assert done.stdout.splitlines() == ["second done", "second done"]  # the resumed run, then the new one
+
+
+def test_malformed_graph_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("graph = (\n", encoding="utf-8")
+    done = _cli("run", f"{bad}:graph", "-q", "hi")
+    assert done.returncode == 2 and "broken.py:1: syntax error" in done.stderr and "Traceback" not in done.stderr
