@@ -327,6 +327,7 @@ SUITES = {
     "bfcl": "slmflow.evals.bfcl:BfclSuite",
     "docs-qa-wikiqa": "slmflow.evals.docs_qa:WikiQASuite",
     "retrieval-scifact": "slmflow.evals.docs_qa:SciFactSuite",
+    "routing": "slmflow.evals.routing:RoutingSuite",
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from slmflow.runtime.backends.transformers_backend import TransformersBackend
+from slmflow.runtime.backends.weight_only import quantize_weight_only
 from slmflow.runtime.constraints import JsonSchema
 from slmflow.runtime.model import Model
 from slmflow.runtime.sampling import SamplingParams
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--compile", choices=["0", "1"], default="1", help="SLMFLOW_TORCH_COMPILE for this run")
+    parser.add_argument("--weight-only", default="", help="also measure these on the first shape: int8,int4")
+    parser.add_argument("--skip-bf16", action="store_true", help="only the --weight-only rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import os
@@ -104,9 +107,16 @@ def main() -> None:
     hf_tok = AutoTokenizer.from_pretrained(args.tokenizer)
     vocab = len(hf_tok)
     results = []
-    for shape in args.shapes.split(","):
+    runs = [] if args.skip_bf16 else [(shape, None) for shape in args.shapes.split(",")]
+    runs += [(args.shapes.split(",")[0], int(q.removeprefix("int"))) for q in args.weight_only.split(",") if q]
+    bf16_greedy: dict[str, float] = {}
+    for shape, bits in runs:
         hf = build(shape, vocab)
-        weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+        bf16_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+        if bits:
+            quantize_weight_only(hf, bits)
+        weight_bytes = sum(t.numel() * t.element_size() for t in [*hf.parameters(), *hf.buffers()]
+                           if t.dtype != torch.float32 or t.dim() > 1)
         roofline = BANDWIDTH / weight_bytes
         tokenizer = ChatTokenizer(hf_tok, eos_token_ids=[])  # random weights: run the full length
         model = Model(TransformersBackend(hf, tokenizer, ModelSpec(kind=SpecKind.HF, location=shape)))
@@ -123,26 +133,34 @@ def main() -> None:
             result = model.generate(prompt, max_tokens=k, **kw).result()
             assert len(result.token_ids) == k, (len(result.token_ids), k)
 
-        row = {"shape": shape, "weight_bytes": weight_bytes, "roofline_tok_s": round(roofline, 1)}
-        row["hf_generate_eager_tok_s"] = round(decode_rate(hf_generate, n), 1)
+        name = shape if not bits else f"{shape} int{bits}"
+        row = {"shape": name, "weight_bytes": weight_bytes, "roofline_tok_s": round(roofline, 1),
+               "bf16_roofline_tok_s": round(BANDWIDTH / bf16_bytes, 1)}
+        if not bits:
+            row["hf_generate_eager_tok_s"] = round(decode_rate(hf_generate, n), 1)
         row["ours_greedy_tok_s"] = round(decode_rate(ours, n), 1)
-        row["ours_top_p_tok_s"] = round(decode_rate(
-            lambda k: ours(k, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=0)), n), 1)
-        row["ours_json_schema_tok_s"] = round(decode_rate(
-            lambda k: ours(k, constraint=JsonSchema(LONG_ARRAY, bounded=False), jump_forward=False), n), 1)
+        if not bits:
+            row["ours_top_p_tok_s"] = round(decode_rate(
+                lambda k: ours(k, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=0)), n), 1)
+            row["ours_json_schema_tok_s"] = round(decode_rate(
+                lambda k: ours(k, constraint=JsonSchema(LONG_ARRAY, bounded=False), jump_forward=False), n), 1)
+            bf16_greedy[shape] = row["ours_greedy_tok_s"]
+        elif shape in bf16_greedy:
+            row["speedup_vs_our_bf16"] = round(row["ours_greedy_tok_s"] / bf16_greedy[shape], 2)
         row["graph_replay_only_tok_s"] = round(graph_only_rate(model, prompt, n), 1)
         row["host_overhead_ms_per_token"] = round(
             1000 * (1 / row["ours_greedy_tok_s"] - 1 / row["graph_replay_only_tok_s"]), 3)
         for key in ("ours_greedy_tok_s", "ours_top_p_tok_s", "ours_json_schema_tok_s", "graph_replay_only_tok_s"):
-            row[key.replace("_tok_s", "_pct_roofline")] = round(100 * row[key] / roofline, 1)
+            if key in row:
+                row[key.replace("_tok_s", "_pct_roofline")] = round(100 * row[key] / roofline, 1)
         results.append(row)
         print(json.dumps(row), flush=True)
         del model, hf
         torch.cuda.empty_cache()
     print(f"{'metric':<34}" + "".join(f"{r['shape']:>16}" for r in results))
-    for key in results[0]:
+    for key in dict.fromkeys(k for r in results for k in r):
         if key != "shape":
-            print(f"{key:<34}" + "".join(f"{r[key]:>16}" for r in results))
+            print(f"{key:<34}" + "".join(f"{r.get(key, '-'):>16}" for r in results))
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                       "compile": args.compile, "results": results}))
 

@@ -51,6 +51,8 @@ def to_json_schema(node: dict) -> dict:
             out[key] = value
     if out.get("type") == "object":
         out.setdefault("properties", {})
+        for name in out.get("required", []):  # required but undeclared (it happens in the data): any value
+            out["properties"].setdefault(name, {})
         out["additionalProperties"] = False
     return out
 

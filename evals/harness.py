@@ -101,7 +101,12 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
         for mode in modes:
             for item in items:
                 bar.update(task, description=f"{suite.name} [{mode}] {item.id}")
-                results.append(suite.run(item, mode, model))
+                try:
+                    results.append(suite.run(item, mode, model))
+                except SlmflowError as err:  # one bad item is a failed item, not a failed run
+                    results.append(ItemResult(id=item.id, category=item.category, mode=mode, passed=False,
+                                              metrics={"errors": 1.0}, latency_s=0.0, tokens=0,
+                                              output=f"error: {err}"))
                 bar.advance(task)
     run = EvalRun(suite=suite.name, model=str(model.spec), summary=summarise(results), items=results)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,12 @@ def route_messages(request: str) -> list[dict]:
     return [*messages, {"role": "user", "content": request}]
 
 
+def decide_route(model: Model, request: str) -> tuple[str, Usage]:
+    """One constrained Choice among ROUTES by ``model`` (the mini role)."""
+    response = model.generate(route_messages(request), constraint=Choice(ROUTES), max_tokens=4)
+    return response.text(), response.result().usage
+
+
 class FinalAnswer(BaseModel):
     """The moe node's last word, generated under this schema after its free-form reasoning."""
 
@@ -152,9 +158,7 @@ class AssistantGraph:
     def route(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         model = load_model(role="mini")
-        response = model.generate(route_messages(_request(state)), constraint=Choice(ROUTES), max_tokens=4)
-        route = response.text()
-        usage = response.result().usage
+        route, usage = decide_route(model, _request(state))
         return {"route": route, "trace": [_event("route", model, started, usage, note=route)],
                 "tokens_used": usage.completion_tokens}
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from slmflow.runtime.config import load_config
 from slmflow.runtime.loop import Usage
-from slmflow.runtime.specs import parse_spec
+from slmflow.runtime.errors import BackendUnavailableError
+from slmflow.runtime.specs import SpecKind, parse_spec
 from slmflow.runtime.vision import load_images
 
 READ_PROMPT = "Write out all the text in this image, then describe anything else it shows in one sentence."
@@ -24,6 +25,10 @@ def read_image(path: str | Path) -> tuple[str, object, Usage | None, str]:
         from slmflow.runtime.vision import load_vision_model
 
         spec = parse_spec(configured)
+        if spec.kind != SpecKind.HF:
+            raise BackendUnavailableError(
+                f"roles.vision = '{configured}': only transformers vision models (hf:PATH) run in this version",
+                "point roles.vision to a Hugging Face image-text-to-text folder, or remove it to use OCR")
         model = load_vision_model(str(spec.path))
         response = model.generate(READ_PROMPT, [path])
         return response.text(), model, response.result().usage, "vision model"

@@ -125,10 +125,16 @@ class JsonSchema:
 
 
 def _closed_objects(node):
+    """Objects that allow no property they do not declare. A property that is required but not
+    declared (schemas in the wild have them) is declared with any value, so the closed object
+    stays satisfiable."""
     if isinstance(node, dict):
         node = {k: _closed_objects(v) for k, v in node.items()}
         if node.get("type") == "object" and "additionalProperties" not in node:
             node["additionalProperties"] = False
+            props = node.setdefault("properties", {})
+            for name in node.get("required", []):
+                props.setdefault(name, {})
     elif isinstance(node, list):
         node = [_closed_objects(v) for v in node]
     return node

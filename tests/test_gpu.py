@@ -64,3 +64,17 @@ def test_cuda_bf16_model_generates(tiny_phi3_hf):
     assert model.backend.model.dtype == torch.bfloat16
     result = model.generate(PROMPT, max_tokens=16).result()
     assert 1 <= len(result.token_ids) <= 16 and result.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("bits, tolerance", [(8, 0.02), (4, 0.15)])
+def test_weight_only_linear_matches_bf16(bits, tolerance):
+    from slmflow.runtime.backends.weight_only import quantize_weight_only
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(1024, 512, bias=False)).to("cuda", torch.bfloat16)
+    x = torch.randn(3, 1024, device="cuda", dtype=torch.bfloat16)
+    reference = layer(x).float()
+    assert quantize_weight_only(layer, bits) == 1
+    out = layer(x).float()
+    relative = ((out - reference).norm() / reference.norm()).item()
+    assert relative < tolerance, relative

@@ -252,3 +252,10 @@ def test_malformed_graph_file_is_a_clear_error(tmp_path):
     bad.write_text("graph = (\n", encoding="utf-8")
     done = _cli("run", f"{bad}:graph", "-q", "hi")
     assert done.returncode == 2 and "broken.py:1: syntax error" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_example_custom_graph_runs_from_the_cli(onnx_model):
+    done = _cli("run", str(Path(__file__).resolve().parents[1] / "examples" / "custom_graph.py") + ":graph",
+                "-q", "I won the race today!")
+    assert done.returncode == 0, done.stderr
+    assert "classify done" in done.stderr and "reply done" in done.stderr and done.stdout.strip()
