@@ -24,7 +24,7 @@ from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import Message, as_messages
-from slmflow.runtime.tool_calling import ToolCall, ToolChoice, generate_with_tools, tool_prompt
+from slmflow.runtime.tool_calling import CALL_OPEN, ToolCall, ToolChoice, generate_with_tools, tool_prompt
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.tools.base import Tool, ToolRegistry, ToolResult
 
@@ -143,6 +143,14 @@ class Agent:
             yield emit(AgentEvent(kind="model", step=step, text=turn.raw, tool_calls=turn.tool_calls,
                                   usage=turn.result.usage))
             messages.append(Message(role="assistant", content=turn.raw))
+            if not turn.tool_calls and turn.raw.lstrip().startswith(CALL_OPEN):
+                # A call cut off by max_tokens: tell the model, as a tool result, and go on.
+                cut = ToolResult(call_id="", name="", ok=False,
+                                 content=f"the tool call was cut off after {self.limits.max_tokens} tokens; "
+                                         "make it shorter")
+                messages.append(Message(**cut.as_message()))
+                yield emit(AgentEvent(kind="tool", step=step, tool_result=cut))
+                continue
             if not turn.tool_calls:
                 output = turn.text
                 if self.output_type is not None:

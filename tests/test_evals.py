@@ -58,4 +58,4 @@ def test_bfcl_eval_cli_writes_both_reports(tmp_path):
 def test_missing_data_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 2 and "no BFCL data in" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no bfcl data (BFCL_v4_simple_python.json) in" in proc.stderr and "Traceback" not in proc.stderr

@@ -91,8 +91,8 @@ def _evaluate(node):
 
 @tool
 def calculator(expression: str) -> float | int:
-    """Math calculator: compute the numeric result of arithmetic such as 3 + 4, 12 * 7, 10 / 4 or
-    2 ** 8 (+ - * / // % ** ^ and parentheses)."""
+    """Math calculator: compute the numeric result of one arithmetic expression such as (12 + 7) * 3
+    (+ - * / // % ** ^ and parentheses)."""
     if len(expression) > 200:
         raise ToolError("expression longer than 200 characters")
     try:
