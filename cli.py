@@ -14,7 +14,6 @@ from functools import wraps
 import click
 from rich.console import Console
 from rich.table import Table
-
 from slmflow.runtime import SamplingParams, SlmflowError, load_model
 from slmflow.runtime.messages import Message
 
@@ -234,7 +233,6 @@ def _converse(graph, make_input, question: str | None, thread: str | None, max_s
     from slmflow.graphs.runner import stream_run, thread_config, unfinished
 
     config = thread_config(thread, max_steps)
-    console = Console()
     if thread and unfinished(graph, config):
         err_console.print(f"[dim]thread {thread}: resuming the unfinished run[/]")
         _print_reply(stream_run(graph, None, config, err_console))
@@ -266,7 +264,6 @@ def assistant_command(question, images, docs_folder, thread, max_steps) -> None:
 def _checkpointer(thread: str | None):
     """SQLite for a named thread (it must survive restarts); memory for a one-off run."""
     from langgraph.checkpoint.memory import InMemorySaver
-
     from slmflow.graphs.runner import sqlite_checkpointer
 
     return sqlite_checkpointer() if thread else InMemorySaver()

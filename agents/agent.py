@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
 from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage

@@ -20,7 +20,6 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, PrivateAttr
-
 from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.constraints import JsonSchema
 from slmflow.runtime.loop import Usage
@@ -160,7 +159,6 @@ def langchain_tool(tool, allow_mutating: bool = False):
     """A slmflow :class:`~slmflow.tools.Tool` as a LangChain ``StructuredTool``; calls still go
     through the ToolRegistry (validation, timeout, errors returned as the tool's result)."""
     from langchain_core.tools import StructuredTool
-
     from slmflow.runtime.tool_calling import ToolCall
     from slmflow.tools.base import ToolRegistry
 

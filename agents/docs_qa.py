@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel
-
 from slmflow.runtime import Model, load_model
 from slmflow.runtime.constraints import Grammar
 from slmflow.runtime.messages import Message

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import jsonschema
-
 from slmflow.evals.bfcl import load_questions, to_json_schema
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import ConstraintEngine, JsonSchema

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from slmflow.runtime.backends.transformers_backend import TransformersBackend
 from slmflow.runtime.backends.weight_only import quantize_weight_only
 from slmflow.runtime.constraints import JsonSchema

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from slmflow.evals.bfcl import load_questions, to_json_schema
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import JSON_OPTIONS, JsonSchema, _bounded

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-
 from slmflow.runtime import load_model
 
 PROMPT = "Write a long story about a dragon who learns to paint."

@@ -14,9 +14,8 @@ import time
 
 start = time.perf_counter()
 import onnxruntime_genai  # noqa: E402,F401
-import transformers.models.auto.tokenization_auto  # noqa: E402,F401
-
 import slmflow.runtime as runtime  # noqa: E402
+import transformers.models.auto.tokenization_auto  # noqa: E402,F401
 
 imported = time.perf_counter()
 runtime.load_model()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import jsonschema
 from pydantic import BaseModel
-
 from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data
 from slmflow.runtime.tool_calling import ToolSpec, generate_with_tools
 from slmflow.runtime.tool_selection import ToolSelector

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from slmflow.runtime.errors import SlmflowError
 
 

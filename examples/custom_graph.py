@@ -7,7 +7,6 @@ constrained choice, the other replies in that mood.
 """
 
 from langgraph.graph import END, START, MessagesState, StateGraph
-
 from slmflow.agents.chat_model import SlmflowChatModel
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import Choice

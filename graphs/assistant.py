@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import operator
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage
@@ -30,15 +30,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Send, interrupt
 from pydantic import BaseModel, Field
-from typing_extensions import TypedDict
-
 from slmflow.agents.agent import Agent, AgentLimits
 from slmflow.runtime import Model, load_model
 from slmflow.runtime.constraints import Choice
 from slmflow.runtime.loop import Usage
-from slmflow.runtime.vision import load_images
 from slmflow.runtime.tool_calling import ToolCall
+from slmflow.runtime.vision import load_images
 from slmflow.tools import Tool, calculator, current_time
+from typing_extensions import TypedDict
 
 ROUTES = ["chat", "tools", "docs", "reasoning"]
 ROUTE_PROMPT = ("Pick the kind of work the request needs: chat (conversation, general knowledge), tools (current "

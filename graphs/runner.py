@@ -18,7 +18,6 @@ from typing import Any
 
 from langgraph.types import Command
 from rich.console import Console
-
 from slmflow.runtime.embedded import cache_root
 from slmflow.runtime.errors import SlmflowError
 

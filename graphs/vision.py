@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmflow.runtime.config import load_config
-from slmflow.runtime.loop import Usage
 from slmflow.runtime.errors import BackendUnavailableError
+from slmflow.runtime.loop import Usage
 from slmflow.runtime.specs import SpecKind, parse_spec
 from slmflow.runtime.vision import load_images
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, ValidationError
-
 from slmflow.runtime.errors import ConfigError, ModelSpecError
 from slmflow.runtime.specs import ModelSpec, parse_spec
 

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
-
 from slmflow.runtime.errors import SlmflowError
 
 # One space after ',' and ':' and no other whitespace: the model cannot pad until the token limit.

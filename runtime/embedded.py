@@ -24,7 +24,6 @@ from pathlib import Path
 
 import platformdirs
 from pydantic import BaseModel
-
 from slmflow.runtime.errors import EmbeddedModelMissingError, ModelLoadError
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"

@@ -13,7 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
 from slmflow.runtime.errors import ModelLoadError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"

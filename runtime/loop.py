@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel
-
 from slmflow.runtime.backends.base import Sequence
 from slmflow.runtime.constraints import ConstraintMatcher
 from slmflow.runtime.prefix_cache import CacheStats

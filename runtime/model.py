@@ -9,17 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from functools import cached_property
-
 from pydantic import BaseModel
-
 from slmflow.runtime import embedded
-
 from slmflow.runtime.backends.base import Backend
-from slmflow.runtime.constraints import Constraint, ConstraintEngine, JsonSchema, parse_output
 from slmflow.runtime.config import spec_for_role
+from slmflow.runtime.constraints import Constraint, ConstraintEngine, JsonSchema, parse_output
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
 from slmflow.runtime.loop import Response, run_generation
 from slmflow.runtime.messages import Message, as_messages

@@ -25,7 +25,6 @@ import itertools
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
-
 from slmflow.runtime.backends.base import Backend, Sequence
 
 

@@ -18,7 +18,6 @@ from enum import Enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-
 from slmflow.runtime.errors import ModelSpecError
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel
-
 from slmflow.runtime.embeddings import Embedder, load_embedder
 
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from slmflow.runtime import load_model
-from slmflow.runtime import embedded
+from slmflow.runtime import embedded, load_model
 
 PROMPTS = [
     "What is the capital of France?",
@@ -107,8 +105,15 @@ IMAGE_TOKEN = "<image>"
 def build_tiny_llava(folder: Path) -> Path:
     """A LLaVA (CLIP vision tower + Llama text model, transformers-native) with random weights:
     32x32 images in 8x8 patches, SmolLM2's tokenizer with an <image> token, saved with its processor."""
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source())

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from slmflow.runtime import load_model
 from slmflow.runtime.errors import ModelLoadError, ModelSpecError, PromptError
 

@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 import re
 import string
+from enum import Enum
 from pathlib import Path
+from typing import Annotated, Literal
 
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from enum import Enum
-from typing import Annotated, Literal
-
 from pydantic import BaseModel, Field
-
 from slmflow.evals.bfcl import load_questions, to_json_schema
 from slmflow.runtime import SamplingParams
 from slmflow.runtime.constraints import (
-    Choice, ConstraintError, Grammar, JsonSchema, Regex, StructuredOutputError, native_schema,
+    Choice,
+    ConstraintError,
+    Grammar,
+    JsonSchema,
+    Regex,
+    StructuredOutputError,
+    native_schema,
 )
 
 BFCL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl" / "BFCL_v4_simple_python.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-
 from pathlib import Path
 
 from slmflow.evals.bfcl import BfclFunction, call_matches, calls_match, parse_plain_calls

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from slmflow.runtime.backends.cuda_graph import CudaGraphSequence
 from slmflow.runtime.backends.transformers_backend import TransformersBackend
 from slmflow.runtime.model import Model

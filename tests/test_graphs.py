@@ -22,7 +22,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel
-
 from slmflow.agents.chat_model import SlmflowChatModel, langchain_tool
 from slmflow.graphs.assistant import AssistantGraph, AssistantState
 from slmflow.runtime import load_model
@@ -108,9 +107,8 @@ def test_phimoe_through_our_loop_matches_transformers_generate(tiny_phimoe):
 
 
 def test_vision_model_through_our_loop_matches_transformers_generate(tiny_llava, tmp_path):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from slmflow.runtime.vision import VisionModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     images = [render_text(tmp_path / "a.png", ["Total 42"]), render_text(tmp_path / "b.png", ["Paid"])]
     ours = VisionModel(tiny_llava).generate("What do these show?", images, max_tokens=10).result().token_ids

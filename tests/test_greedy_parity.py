@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from slmflow.runtime import load_model
-
 from conftest import PROMPTS
+from slmflow.runtime import load_model
 
 NEW_TOKENS = 48
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from slmflow.runtime.prefix_cache import CacheBudget, PrefixCache
 
 SYSTEM = ("You are a helpful assistant for a bookshop. Answer briefly and politely. "

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
-
 from slmflow.agents.docs_qa import NOT_FOUND, DocsQA, answer_grammar
 from slmflow.runtime.embeddings import load_embedder
 from slmflow.tools.rag.chunking import chunk_document

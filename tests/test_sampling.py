@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from slmflow.runtime import SamplingParams, filtered_probs
 
 PROMPT = "Tell me a story about a cat."

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from slmflow.runtime import SpecKind, parse_spec
 from slmflow.runtime.config import load_config, spec_for_role
 from slmflow.runtime.errors import ConfigError, ModelSpecError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
-
 from slmflow.agents import Agent, AgentLimits
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import ConstraintError

@@ -6,9 +6,8 @@ import os
 import time
 
 import pytest
-
 from slmflow.runtime.tool_calling import ToolCall
-from slmflow.tools import ToolError, ToolRegistry, calculator, current_time, file_tools, tool
+from slmflow.tools import ToolRegistry, calculator, current_time, file_tools, tool
 
 
 @tool

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-
 from slmflow.runtime.tool_calling import ToolCall, ToolSpec
 
 

@@ -6,7 +6,6 @@ from collections.abc import Sequence as Seq
 from typing import Protocol
 
 import torch
-
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tokenizer import ChatTokenizer
 

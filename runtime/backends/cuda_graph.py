@@ -24,7 +24,6 @@ import logging
 from collections.abc import Sequence as Seq
 
 import torch
-
 from slmflow.runtime.errors import PromptError
 
 log = logging.getLogger("slmflow")

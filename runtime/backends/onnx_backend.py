@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from slmflow.runtime.errors import ModelLoadError
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tokenizer import ChatTokenizer

@@ -13,7 +13,6 @@ from collections.abc import Sequence as Seq
 from pathlib import Path
 
 import torch
-
 from slmflow.runtime.errors import ModelLoadError
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tokenizer import ChatTokenizer

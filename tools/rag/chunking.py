@@ -14,7 +14,6 @@ import hashlib
 import re
 
 from pydantic import BaseModel
-
 from slmflow.tools.rag.loaders import Document
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")

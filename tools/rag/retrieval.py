@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
-
 from slmflow.tools.rag.chunking import Chunk
 from slmflow.tools.rag.index import DocumentIndex, chunks_from_query
 
