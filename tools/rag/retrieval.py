@@ -15,9 +15,6 @@ from pydantic import BaseModel
 from slmflow.tools.rag.chunking import Chunk
 from slmflow.tools.rag.index import DocumentIndex, chunks_from_query
 
-# bm25s sets its own logger to DEBUG, which prints under any basicConfig.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
-
 RRF_K = 60
 Mode = Literal["hybrid", "dense", "bm25"]
 
@@ -29,9 +26,19 @@ class Hit(BaseModel):
     bm25_rank: int | None = None
 
 
-def _tokenize(texts: list[str], as_ids: bool = True):
+def _bm25s():
+    """bm25s, imported on first use; it sets its own logger to DEBUG on import, which would print
+    under any logging setup, so the level is put back here."""
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
+def _tokenize(texts: list[str], as_ids: bool = True):
     import Stemmer
+
+    bm25s = _bm25s()
 
     return bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=as_ids,
                           show_progress=False)
@@ -45,8 +52,7 @@ class Retriever:
     """Top-k chunks of a :class:`DocumentIndex` for a query."""
 
     def __init__(self, index: DocumentIndex, candidates: int = 50) -> None:
-        import bm25s
-
+        bm25s = _bm25s()
         self.index = index
         self.candidates = candidates
         self.corpus = index.all_chunks()
