@@ -164,6 +164,8 @@ _compiled: dict[int, object] = {}
 def _compiled_step(model):
     """torch.compile of the decode step, one per model (shapes are static, so no recompiles per
     sequence of the same capacity); None where compile is unavailable, after one log line."""
+    import os
+
     key = id(model)
     if key not in _compiled:
         try:
@@ -171,7 +173,10 @@ def _compiled_step(model):
 
             # Tunes the block sizes of the one-row matmuls that dominate decoding (as gpt-fast does).
             inductor.coordinate_descent_tuning = True
-            _compiled[key] = torch.compile(_step_function, dynamic=False)
+            # SLMFLOW_TORCH_COMPILE_MODE, e.g. "max-autotune-no-cudagraphs" (we capture the graph
+            # ourselves), trades a longer first compile for tuned matmul kernels.
+            mode = os.environ.get("SLMFLOW_TORCH_COMPILE_MODE") or None
+            _compiled[key] = torch.compile(_step_function, dynamic=False, mode=mode)
         except Exception as err:  # no inductor/triton for this device or torch build
             log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
             _compiled[key] = None
