@@ -23,7 +23,13 @@ from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import Message, as_messages
-from slmflow.runtime.tool_calling import CALL_OPEN, ToolCall, ToolChoice, generate_with_tools, tool_prompt
+from slmflow.runtime.tool_calling import (
+    CALL_OPEN,
+    ToolCall,
+    ToolChoice,
+    generate_with_tools,
+    tool_prompt,
+)
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.tools.base import Tool, ToolRegistry, ToolResult
 

@@ -24,7 +24,12 @@ from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.constraints import JsonSchema
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import Message
-from slmflow.runtime.tool_calling import CALL_CLOSE, CALL_OPEN, ToolSpec, generate_with_tools
+from slmflow.runtime.tool_calling import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    ToolSpec,
+    generate_with_tools,
+)
 from slmflow.runtime.tool_selection import ToolSelector
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}

@@ -114,9 +114,13 @@ class DocsQA:
             used = used[:-1]
 
     def ask(self, question: str, where: dict | None = None) -> DocsAnswer:
+        """Retrieve, then answer (the two steps the docs-qa graph runs as nodes)."""
         start = time.perf_counter()
         hits = self.retriever.search(question, k=self.k, where=where)
-        retrieval_ms = (time.perf_counter() - start) * 1000
+        return self.answer(question, hits, retrieval_ms=(time.perf_counter() - start) * 1000)
+
+    def answer(self, question: str, hits: list[Hit], retrieval_ms: float = 0.0) -> DocsAnswer:
+        """The cited answer to ``question`` from ``hits`` (as many as fit the window)."""
         messages, n = self._messages(question, hits)
         sources = [Source(number=i, path=h.chunk.path, page=h.chunk.page, heading=h.chunk.heading,
                           chunk_id=h.chunk.id, score=h.score, text=h.chunk.text) for i, h in enumerate(hits[:n], 1)]

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from slmflow.runtime.errors import SlmflowError
 
 

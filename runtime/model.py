@@ -16,11 +16,21 @@ from pydantic import BaseModel
 from slmflow.runtime import embedded
 from slmflow.runtime.backends.base import Backend
 from slmflow.runtime.config import spec_for_role
-from slmflow.runtime.constraints import Constraint, ConstraintEngine, JsonSchema, parse_output
+from slmflow.runtime.constraints import (
+    Constraint,
+    ConstraintEngine,
+    JsonSchema,
+    parse_output,
+)
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
 from slmflow.runtime.loop import Response, run_generation
 from slmflow.runtime.messages import Message, as_messages
-from slmflow.runtime.prefix_cache import CacheBudget, CachedState, PrefixCache, common_prefix
+from slmflow.runtime.prefix_cache import (
+    CacheBudget,
+    CachedState,
+    PrefixCache,
+    common_prefix,
+)
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
 
@@ -221,7 +231,9 @@ _loaded: dict[str, Model] = {}
 def _load_backend(spec: ModelSpec) -> Backend:
     if spec.kind is SpecKind.EMBEDDED:
         if spec.location == "transformers":
-            from slmflow.runtime.backends.transformers_backend import TransformersBackend
+            from slmflow.runtime.backends.transformers_backend import (
+                TransformersBackend,
+            )
 
             return TransformersBackend.load(spec, embedded.ensure_hf())
         from slmflow.runtime.backends.onnx_backend import OnnxGenaiBackend

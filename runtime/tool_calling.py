@@ -22,7 +22,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from slmflow.runtime.constraints import JSON_OPTIONS, ConstraintError, Grammar, _bounded, _closed_objects
+from slmflow.runtime.constraints import (
+    JSON_OPTIONS,
+    ConstraintError,
+    Grammar,
+    _bounded,
+    _closed_objects,
+)
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import GenerationResult
 from slmflow.runtime.messages import Message, as_messages

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from slmflow.runtime.backends.transformers_backend import TransformersSequence, default_device
+from slmflow.runtime.backends.transformers_backend import (
+    TransformersSequence,
+    default_device,
+)
 from slmflow.runtime.errors import ModelLoadError, PromptError
 from slmflow.runtime.loop import Response, run_generation
 from slmflow.runtime.sampling import Sampler, SamplingParams

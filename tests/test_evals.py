@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slmflow.evals.bfcl import BfclFunction, call_matches, calls_match, parse_plain_calls
+from slmflow.evals.bfcl import (
+    BfclFunction,
+    call_matches,
+    calls_match,
+    parse_plain_calls,
+)
 
 BFCL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bfcl"
 

@@ -292,3 +292,13 @@ def test_docs_qa_cli_json(tmp_path):
     answer = json.loads(done.stdout)
     assert answer["cited"] and {c["path"] for c in answer["cited"]} <= {s["path"] for s in answer["sources"]}
     assert answer["retrieval_ms"] > 0 and answer["generation_ms"] > 0
+
+
+def test_docs_qa_graph_retrieves_then_answers_with_citations(onnx_model, tmp_path):
+    from slmflow.graphs.docs_qa import build_docs_qa_graph
+
+    qa = DocsQA(EXAMPLES, onnx_model, index_dir=tmp_path / "index")
+    qa.update_index(progress=False)
+    out = build_docs_qa_graph(qa).invoke({"messages": [("user", "How tall is the Eiffel Tower?")]})
+    assert [event["node"] for event in out["trace"]] == ["retrieve", "answer"]
+    assert out["messages"][-1].content.splitlines()[-1].startswith("[1] eiffel-tower.md")

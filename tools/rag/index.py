@@ -22,7 +22,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from slmflow.runtime.embedded import cache_root
 from slmflow.runtime.embeddings import Embedder, load_embedder
 from slmflow.runtime.errors import SlmflowError
