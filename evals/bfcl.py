@@ -155,10 +155,12 @@ class BfclSuite:
 
     name = "bfcl"
     # constrained: our grammar-enforced tool calling with tool_choice="auto" and the default embedding
-    # tool selector deciding call-or-answer (what an Agent does); constrained_required: the same with tool_choice="required" (a call is always made, so
-    # irrelevance fails by construction: it shows the quality of the calls themselves); plain: BFCL's
-    # prompt, output parsed afterwards (what a user gets today).
-    modes = ["constrained", "constrained_required", "plain"]
+    # tool selector deciding call-or-answer (what an Agent does); plain: BFCL's prompt, output parsed
+    # afterwards (what a user gets today). These two run by default. constrained_required (--mode):
+    # tool_choice="required", so a call is always made and irrelevance fails by construction; it
+    # shows the quality of the calls themselves.
+    modes = ["constrained", "plain"]
+    extra_modes = ["constrained_required"]
 
     def __init__(self, data: Path | None = None, categories: list[str] = CATEGORIES, max_tokens: int = 256) -> None:
         self.data = find_data(data)

@@ -55,7 +55,7 @@ class ItemResult(BaseModel):
 
 class Suite(Protocol):
     name: str
-    modes: list[str]
+    modes: list[str]  # run by default; a suite may also list ``extra_modes`` that run only when named
 
     def items(self, limit: int | None) -> list[EvalItem]: ...
 
@@ -95,9 +95,10 @@ def summarise(results: list[ItemResult]) -> dict[str, dict[str, float]]:
 def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
               modes: list[str] | None = None) -> EvalRun:
     """Every item through every mode (or the ``modes`` named), then the two report files."""
-    unknown = [m for m in modes or [] if m not in suite.modes]
+    known = suite.modes + getattr(suite, "extra_modes", [])  # extra modes run only when named
+    unknown = [m for m in modes or [] if m not in known]
     if unknown:
-        raise SlmflowError(f"suite {suite.name} has no mode {', '.join(unknown)}", f"choose from {suite.modes}")
+        raise SlmflowError(f"suite {suite.name} has no mode {', '.join(unknown)}", f"choose from {known}")
     modes = modes or suite.modes
     items = suite.items(limit)
     results = []

@@ -44,7 +44,8 @@ def test_plain_output_parsing():
 def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--limit", "1", "--out", str(out),
-                           "--data", str(BFCL_DATA)],
+                           "--data", str(BFCL_DATA), "--mode", "constrained", "--mode", "constrained_required",
+                           "--mode", "plain"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
