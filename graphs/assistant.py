@@ -35,6 +35,7 @@ from slmflow.runtime import Model, load_model
 from slmflow.runtime.constraints import Choice
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.tool_calling import ToolCall
+from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.runtime.vision import load_images
 from slmflow.tools import Tool, calculator, current_time
 from typing_extensions import TypedDict
@@ -133,6 +134,7 @@ class AssistantGraph:
         self.limits = limits or GraphLimits()
         self.tools = [calculator, current_time, *tools]
         self.allow_mutating = allow_mutating_tools
+        self._selector: ToolSelector | None = None  # one per graph: tool embeddings are computed once
         self._docs = None
 
     # --- nodes -----------------------------------------------------------------------------------
@@ -175,7 +177,10 @@ class AssistantGraph:
     def mini(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         model = load_model(role="mini")
+        if self._selector is None:
+            self._selector = ToolSelector()
         agent = Agent(model, tools=self.tools, allow_mutating_tools=self.allow_mutating, approve=_ask_user,
+                      tool_selector=self._selector,
                       limits=AgentLimits(max_steps=4, max_tokens=min(256, self._budget(state))))
         history = [{"role": {"human": "user", "ai": "assistant"}[m.type], "content": m.content}
                    for m in state["messages"][:-1] if m.type in ("human", "ai")]

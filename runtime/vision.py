@@ -30,16 +30,9 @@ class _ImagePrefillSequence(TransformersSequence):
         super().__init__(model, capacity)
         self._image_inputs = image_inputs
 
-    @torch.inference_mode()
     def extend(self, token_ids: Sequence[int]) -> torch.Tensor:
-        if not self._image_inputs:
-            return super().extend(token_ids)
         inputs, self._image_inputs = self._image_inputs, {}
-        input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
-        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **inputs,
-                          **{self._cache_arg: self.cache})
-        self.length += len(token_ids)
-        return out.logits[0, -1]
+        return super().extend(token_ids, **inputs)
 
 
 def load_images(paths: Sequence[str | Path]) -> list[Image.Image]:

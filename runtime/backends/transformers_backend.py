@@ -37,9 +37,11 @@ class TransformersSequence:
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @torch.inference_mode()
-    def extend(self, token_ids: Seq[int]) -> torch.Tensor:
+    def extend(self, token_ids: Seq[int], **model_inputs) -> torch.Tensor:
+        """Append tokens; ``model_inputs`` (pixel values, say) go to the same forward pass."""
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
-        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: self.cache})
+        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **model_inputs,
+                          **{self._cache_arg: self.cache})
         self.length += len(token_ids)
         return out.logits[0, -1]
 
