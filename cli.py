@@ -36,7 +36,8 @@ def _model_options(func):
     func = click.option("--system", default=None, help="system prompt")(func)
     func = click.option("--role", default=None, help="model role from slmflow.toml: mini, vision or moe")(func)
     func = click.option("--model", "model_spec", default=None,
-                        help="model spec: embedded, hf:PATH, onnx:PATH, gguf:PATH (default: embedded)")(func)
+                        help="model spec: embedded, hf:PATH, onnx:PATH, gguf:PATH, ollama:TAG, "
+                             "openai:MODEL@URL (default: embedded)")(func)
     return _sampling_options(func)
 
 
@@ -163,6 +164,8 @@ def models(as_json: bool) -> None:
 def _index_options(func):
     func = click.option("--index", "index_dir", type=click.Path(file_okay=False), default=None,
                         help="index folder (default: one per folder in the user cache)")(func)
+    func = click.option("--index-url", default=None,
+                        help="keep the index in a Chroma server (http://host:port) instead of a folder")(func)
     func = click.option("--include", multiple=True, help="only files matching this glob (repeatable)")(func)
     return click.option("--no-ocr", is_flag=True, help="skip images and scanned PDF pages")(func)
 
@@ -199,13 +202,14 @@ def _questions(question: str | None, intro: str = "ask away"):
 @click.argument("folder", type=click.Path())
 @_index_options
 @_user_errors
-def index_command(folder: str, index_dir: str | None, include: tuple[str, ...], no_ocr: bool) -> None:
+def index_command(folder: str, index_dir: str | None, index_url: str | None, include: tuple[str, ...],
+                  no_ocr: bool) -> None:
     """Index FOLDER for docs-qa (only new and changed files are embedded)."""
     from slmflow.tools.rag.index import DocumentIndex
 
-    index = DocumentIndex(folder, index_dir)
+    index = DocumentIndex(folder, index_dir, index_url=index_url)
     _print_index_stats(index.update(include=list(include) or None, ocr=not no_ocr))
-    err_console.print(f"[dim]index: {index.dir}[/]", highlight=False)
+    err_console.print(f"[dim]index: {index.location}[/]", highlight=False)
 
 
 class _RunGroup(click.Group):
@@ -294,11 +298,11 @@ def _user_graph_command(target: str) -> click.Command:
 @click.option("-k", "k", type=int, default=3, show_default=True, help="chunks retrieved per question")
 @_index_options
 @_user_errors
-def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, include, no_ocr) -> None:
+def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, index_url, include, no_ocr) -> None:
     """Answer questions about the documents in FOLDER, citing them."""
     from slmflow.agents.docs_qa import DocsQA
 
-    qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None)
+    qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None, index_url=index_url)
     stats = qa.index.update(include=qa.include, ocr=not no_ocr, progress=not as_json)
     if not as_json:
         _print_index_stats(stats)
@@ -318,6 +322,34 @@ def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, include
 
     for q in _questions(question, "ask about the documents"):
         answer(q)
+
+
+@main.command("serve")
+@click.option("--model", "model_specs", multiple=True,
+              help="model spec to serve, named by its spec (repeatable; default: embedded)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback by default)")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", envvar="SLMFLOW_SERVE_API_KEY", default=None, show_envvar=True,
+              help="require 'Authorization: Bearer KEY' (prefer the variable: a flag shows in ps)")
+@click.option("--max-tokens", type=int, default=2048, show_default=True, help="most tokens one reply may ask for")
+@click.option("--max-request-bytes", type=int, default=1 << 20, show_default=True, help="larger bodies get 413")
+@click.option("--max-queue", type=int, default=64, show_default=True, help="waiting requests per model before 429")
+@_user_errors
+def serve_command(model_specs, host, port, api_key, max_tokens, max_request_bytes, max_queue) -> None:
+    """Serve models through the OpenAI chat-completions API (/v1) and Ollama's chat API (/api)."""
+    import uvicorn
+    from slmflow.serve.app import create_app
+    from slmflow.serve.state import ServeSettings
+
+    settings = ServeSettings(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
+                             max_request_bytes=max_request_bytes, max_queue=max_queue)
+    models = {spec: load_model(spec) for spec in model_specs or ("embedded",)}
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        err_console.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach "
+                          "this port can use the models", highlight=False)
+    err_console.print(f"serving {', '.join(models)} at http://{host}:{port} (OpenAI: /v1, Ollama: /api)",
+                      highlight=False)
+    uvicorn.run(create_app(models, settings), host=host, port=port, log_level="warning")
 
 
 SUITES = {

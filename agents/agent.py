@@ -28,7 +28,6 @@ from slmflow.runtime.tool_calling import (
     ToolCall,
     ToolChoice,
     generate_with_tools,
-    tool_prompt,
 )
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.tools.base import Tool, ToolRegistry, ToolResult
@@ -83,7 +82,7 @@ class Agent:
         """``tool_selector``: who decides, under ``tool_choice="auto"``, whether a user message gets a
         tool call: "default" is the embedding selector (runtime/tool_selection.py), None the model alone.
         """
-        self.model = model if isinstance(model, Model) else load_model(model, role=role)
+        self.model = load_model(model, role=None if model is not None else role)
         self.system = system
         self.registry = ToolRegistry(tools, allow_mutating=allow_mutating_tools)
         self.output_type = output_type
@@ -100,7 +99,7 @@ class Agent:
         """Drop the oldest turns until the prompt fits the context window (see the module docstring)."""
         budget = self.model.context_length - self.limits.max_tokens
         dropped = 0
-        while len(tool_prompt(self.model, messages, self.registry.specs)) > budget:
+        while self.model.count_tokens(messages, self.registry.specs) > budget:
             last_user = max(i for i, m in enumerate(messages) if m.role == "user")
             oldest = next((i for i, m in enumerate(messages) if m.role != "system" and i != last_user), None)
             if oldest is None:

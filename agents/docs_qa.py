@@ -1,6 +1,6 @@
 """The docs-qa agent: retrieve chunks from a folder's index, then answer with citations.
 
-The answer is generated under a grammar whose citation markers can only be ``[1]`` .. ``[n]`` for
+The answer is generated under a constraint whose citation markers can only be ``[1]`` .. ``[n]`` for
 the ``n`` chunks placed in the prompt, and which requires at least one of them, so every printed
 citation points to a retrieved chunk. The grammar's other branch is a fixed sentence saying the
 documents do not hold the answer. Polar questions ("Did ...", "Is ...") must start with Yes or No.
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel
-from slmflow.runtime import Model, load_model
-from slmflow.runtime.constraints import Grammar
+from slmflow.runtime import load_model
+from slmflow.runtime.constraints import Regex
 from slmflow.runtime.messages import Message
 from slmflow.tools.rag.index import DocumentIndex
 from slmflow.tools.rag.retrieval import Hit, Retriever
@@ -25,7 +25,7 @@ NOT_FOUND = "The documents do not say."
 SYSTEM = ("Answer the question from the numbered sources only, in one short sentence that ends with the number "
           f"of its source, like [1]. If the sources do not contain the answer, reply exactly: {NOT_FOUND}")
 _POLAR = re.compile(r"^(is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|shall|may|might|"
-                    r"must)\b", re.I)
+                    r"must)\b", re.IGNORECASE)
 _CITE = re.compile(r"\[(\d+)\]")
 
 
@@ -57,30 +57,28 @@ class DocsAnswer(BaseModel):
     completion_tokens: int
 
 
-def answer_grammar(n_sources: int, polar: bool) -> Grammar:
+def answer_constraint(n_sources: int, polar: bool) -> Regex:
     """One sentence (at most 150 characters, so at most 150 tokens, no full stop inside) closed by a citation ``[i]``
     with i in 1..n, or the not-found sentence. Without a full stop to end on, the model's way out
-    of the sentence is the citation, so even a small model cites rather than rambles."""
-    cites = " | ".join(f'"[{i}]"' for i in range(1, n_sources + 1))
-    opening = '("Yes" | "No") ", " ' if polar else ""
-    return Grammar("\n".join([
-        "start: answer | unknown",
-        f'unknown: "{NOT_FOUND}"',
-        f'answer: {opening}SENTENCE " "? cite "."',
-        f"cite: {cites}",
-        r"SENTENCE: /[^\[\]\n.?!]{1,150}/",
-    ]) + "\n")
+    of the sentence is the citation, so even a small model cites rather than rambles. A regular
+    expression rather than a grammar, so models behind an endpoint are held to it too."""
+    cites = "|".join(str(i) for i in range(1, n_sources + 1))
+    opening = "(Yes|No), " if polar else ""
+    # Full stops as "[.]", not "\.": llama.cpp's schema-to-grammar converter writes "\." into a
+    # GBNF literal, which its grammar parser then rejects (and re.escape adds "\ " for spaces).
+    not_found = NOT_FOUND.replace(".", "[.]")
+    return Regex(rf"{not_found}|{opening}[^\[\]\n.?!]{{1,150}} ?\[({cites})\][.]")
 
 
 class DocsQA:
     """Question answering over one folder (see the module docstring)."""
 
-    def __init__(self, folder: str | Path, model: str | Model | None = None, *, index_dir: str | Path | None = None,
+    def __init__(self, folder: str | Path, model=None, *, index_dir: str | Path | None = None,
                  k: int = 5, max_tokens: int = 160, context_tokens: int = 2048,
-                 include: list[str] | None = None) -> None:
-        self.index = DocumentIndex(folder, index_dir)
+                 include: list[str] | None = None, index_url: str | None = None) -> None:
+        self.index = DocumentIndex(folder, index_dir, index_url=index_url)
         self.include = include
-        self.model = model if isinstance(model, Model) else load_model(model, role="mini")
+        self.model = load_model(model, role=None if model is not None else "mini")
         self.k = k
         self.max_tokens = max_tokens
         self.context_tokens = context_tokens
@@ -109,7 +107,7 @@ class DocsQA:
             messages = [Message(role="system", content=SYSTEM),
                         Message(role="user", content=f"Question: {question}\n\nSources:\n" + "\n\n".join(blocks)
                                 + f"\n\nQuestion: {question}")]
-            if len(self.model.tokenizer.apply_chat_template(messages)) <= budget or not used:
+            if self.model.count_tokens(messages) <= budget or not used:
                 return messages, len(used)
             used = used[:-1]
 
@@ -128,8 +126,8 @@ class DocsQA:
             return DocsAnswer(question=question, answer=NOT_FOUND, cited=[], sources=[], found=False,
                               retrieval_ms=retrieval_ms, generation_ms=0.0, prompt_tokens=0, completion_tokens=0)
         start = time.perf_counter()
-        grammar = answer_grammar(len(sources), polar=bool(_POLAR.match(question.strip())))
-        result = self.model.generate(messages, constraint=grammar, max_tokens=self.max_tokens).result()
+        constraint = answer_constraint(len(sources), polar=bool(_POLAR.match(question.strip())))
+        result = self.model.generate(messages, constraint=constraint, max_tokens=self.max_tokens).result()
         numbers = sorted({int(m) for m in _CITE.findall(result.text)})
         return DocsAnswer(
             question=question, answer=result.text.strip(), cited=[sources[i - 1] for i in numbers],

@@ -38,3 +38,9 @@ class ConfigError(SlmflowError):
 
 class PromptError(SlmflowError):
     """The prompt is empty, malformed, or does not fit the model's context window."""
+
+
+class EndpointError(SlmflowError):
+    """A model server (Ollama, an OpenAI-compatible endpoint) could not be reached or refused a request."""
+
+    status: int | None = None  # the HTTP status, when the server answered

@@ -22,6 +22,7 @@ from slmflow.runtime.constraints import (
     JsonSchema,
     parse_output,
 )
+from slmflow.runtime.endpoints.base import EndpointModel
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
 from slmflow.runtime.loop import Response, run_generation
 from slmflow.runtime.messages import Message, as_messages
@@ -76,6 +77,12 @@ class Model:
                 "shorten the prompt or use a model with a longer context",
             )
         return min(max_tokens, room)
+
+    def count_tokens(self, messages: Seq[Message | dict], tools: Seq = ()) -> int:
+        """The prompt's length in tokens, tools shown as the model will see them."""
+        from slmflow.runtime.tool_calling import tool_prompt
+
+        return len(tool_prompt(self, messages, tools))
 
     @cached_property
     def constraints(self) -> ConstraintEngine:
@@ -225,7 +232,7 @@ class Session:
             self._state.truncate(min(common_prefix(self._state.tokens, self.tokens), self._state.exact))
 
 
-_loaded: dict[str, Model] = {}
+_loaded: dict[str, Model | EndpointModel] = {}
 
 
 def _load_backend(spec: ModelSpec) -> Backend:
@@ -250,14 +257,29 @@ def _load_backend(spec: ModelSpec) -> Backend:
         if spec.kind is SpecKind.GGUF:
             return TransformersBackend.load(spec, path.parent, gguf_file=path.name)
         return TransformersBackend.load(spec, path)
-    raise BackendUnavailableError(
-        f"model spec '{spec}' needs the {spec.kind.value} backend, which this version does not include yet",
-        "use a local model (embedded, hf:PATH, onnx:PATH or gguf:PATH)",
-    )
+    raise BackendUnavailableError(f"model spec '{spec}' names no token-level backend",
+                                  "use embedded, hf:PATH, onnx:PATH or gguf:PATH")
 
 
-def load_model(spec: str | ModelSpec | Path | None = None, *, role: str | None = None) -> Model:
-    """Load (or reuse) a model by spec, or by role from ``slmflow.toml``; default: the embedded model."""
+def _load(spec: ModelSpec) -> Model | EndpointModel:
+    if spec.kind is SpecKind.OLLAMA:
+        from slmflow.runtime.endpoints.ollama_endpoint import OllamaModel
+
+        return OllamaModel(spec)
+    if spec.kind is SpecKind.OPENAI:
+        from slmflow.runtime.endpoints.openai_endpoint import OpenAIEndpointModel
+
+        return OpenAIEndpointModel(spec)
+    return Model(_load_backend(spec))
+
+
+def load_model(spec: str | ModelSpec | Path | Model | EndpointModel | None = None, *,
+               role: str | None = None) -> Model | EndpointModel:
+    """Load (or reuse) a model by spec, or by role from ``slmflow.toml``; default: the embedded model.
+    Local specs load weights into our loop; ``ollama:`` and ``openai:`` specs connect to a server
+    (runtime/endpoints/). A model already loaded is returned as it is."""
+    if isinstance(spec, (Model, EndpointModel)):
+        return spec
     if spec is not None and role is not None:
         raise PromptError("both a model spec and a role were given", "pass one of --model or --role")
     if spec is None:
@@ -266,5 +288,5 @@ def load_model(spec: str | ModelSpec | Path | None = None, *, role: str | None =
         parsed = spec if isinstance(spec, ModelSpec) else parse_spec(str(spec))
     key = str(parsed)
     if key not in _loaded:
-        _loaded[key] = Model(_load_backend(parsed))
+        _loaded[key] = _load(parsed)
     return _loaded[key]

@@ -36,7 +36,7 @@ from slmflow.runtime.sampling import SamplingParams
 from slmflow.runtime.tool_selection import ToolSelection, ToolSelector
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
-_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.S)
+_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
 
 
 class ToolSpec(BaseModel):
@@ -172,13 +172,19 @@ def generate_with_tools(
     repeat the call they just made.
     """
     messages = as_messages(messages)
-    selection = None
+    selection, allowed = None, list(tools)
     if selector is not None and tool_choice == "auto" and tools and messages[-1].role == "user":
         selection = selector.select(messages[-1].content, tools)
         allowed = [t for t in tools if t.name in selection.allowed]
-        grammar = tool_call_grammar(allowed, "required", parallel) if allowed else tool_call_grammar(tools, "none")
+        tool_choice = "required" if allowed else "none"
     elif selector is not None and tool_choice == "auto" and messages[-1].role == "tool":
-        grammar = tool_call_grammar(tools, "none")
+        tool_choice = "none"
+    if hasattr(model, "tool_turn"):  # an endpoint model: the server enforces the choice
+        turn = model.tool_turn(messages, allowed if tool_choice == "required" else tools, tool_choice, parallel,
+                               max_tokens, sampling)
+        return turn.model_copy(update={"selection": selection})
+    if tool_choice == "required":
+        grammar = tool_call_grammar(allowed, "required", parallel)
     else:
         grammar = tool_call_grammar(tools, tool_choice, parallel)
     ids = tool_prompt(model, messages, tools)

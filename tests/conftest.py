@@ -28,6 +28,18 @@ def onnx_model():
 
 
 @pytest.fixture(scope="session")
+def chroma_url(tmp_path_factory):
+    """A Chroma server started with the `chroma run` command of the chromadb package."""
+    from serving import command_server
+
+    data, logs = tmp_path_factory.mktemp("chroma"), tmp_path_factory.mktemp("logs")
+    chroma = str(Path(sys.executable).parent / "chroma")
+    with command_server([chroma, "run", "--path", str(data), "--port", "{port}"], "/api/v2/heartbeat",
+                        logs / "chroma.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def hf_model():
     return load_model("embedded:transformers")
 

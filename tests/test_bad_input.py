@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from serving import free_port
 from slmflow.runtime import load_model
 from slmflow.runtime.errors import ModelLoadError, ModelSpecError, PromptError
 
@@ -79,6 +80,6 @@ def test_bad_config_field(tmp_path):
     assert_one_line_error(proc, "slmflow.toml", "roles.artist")
 
 
-def test_backend_of_a_later_step_is_refused_clearly(tmp_path):
-    proc = run_cli("generate", "hi", "--model", "ollama:phi3.5", cwd=tmp_path)
-    assert_one_line_error(proc, "ollama", "use a local model")
+def test_unreachable_endpoint_is_named_with_the_fix(tmp_path):
+    proc = run_cli("generate", "hi", "--model", f"openai:phi-3.5@http://127.0.0.1:{free_port()}/v1", cwd=tmp_path)
+    assert_one_line_error(proc, "cannot reach http://127.0.0.1:", "start the server or check the URL")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
-from slmflow.agents.docs_qa import NOT_FOUND, DocsQA, answer_grammar
+from slmflow.agents.docs_qa import NOT_FOUND, DocsQA, answer_constraint
 from slmflow.runtime.embeddings import load_embedder
 from slmflow.tools.rag.chunking import chunk_document
 from slmflow.tools.rag.index import DocumentIndex, IndexUnusableError
@@ -151,8 +151,20 @@ def test_chunks_fit_the_embedder_and_overlap(embedder):
 
 # --- the index ---------------------------------------------------------------------------------------
 
-def test_reindexing_embeds_only_what_changed(folder, tmp_path):
-    index = DocumentIndex(folder, tmp_path / "index")
+@pytest.fixture(params=["folder", "server"])
+def store(request, tmp_path):
+    """Where an index lives: a local folder, or a Chroma server (``--index-url``)."""
+    if request.param == "folder":
+        return {"index_dir": tmp_path / "index"}
+    return {"index_url": request.getfixturevalue("chroma_url")}
+
+
+def _store_args(store: dict) -> list[str]:
+    return ["--index", str(store["index_dir"])] if "index_dir" in store else ["--index-url", store["index_url"]]
+
+
+def test_reindexing_embeds_only_what_changed(folder, store):
+    index = DocumentIndex(folder, **store)
     first = index.update(progress=False)
     assert first.files_embedded == 3 and first.chunks_total == first.chunks_added > 0
     again = index.update(progress=False)
@@ -190,10 +202,15 @@ def test_missing_folder_is_named(tmp_path):
         DocumentIndex(tmp_path / "nowhere", tmp_path / "index")
 
 
-def test_index_built_with_other_settings_is_not_mixed(folder, tmp_path):
-    DocumentIndex(folder, tmp_path / "index").update(progress=False)
+def test_index_built_with_other_settings_is_not_mixed(folder, store):
+    DocumentIndex(folder, **store).update(progress=False)
     with pytest.raises(IndexUnusableError, match="other chunk_tokens"):
-        DocumentIndex(folder, tmp_path / "index", chunk_tokens=100)
+        DocumentIndex(folder, **store, chunk_tokens=100)
+
+
+def test_absent_chroma_server_is_named_with_the_fix(folder):
+    with pytest.raises(IndexUnusableError, match=r"no Chroma server answers at http://127.0.0.1:9 .*chroma run"):
+        DocumentIndex(folder, index_url="http://127.0.0.1:9")
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -208,15 +225,14 @@ def test_empty_folder_gives_a_clear_error(tmp_path):
     assert "no text could be indexed" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_path):
+def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_path, store):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(24):
         (corpus / f"note-{i:02d}.txt").write_text(
             f"Note {i}\n\n" + " ".join(f"Station {i} measured {j} millimetres of rain on day {j}." for j in range(180)),
             encoding="utf-8")
-    index_dir = tmp_path / "index"
-    proc = subprocess.Popen([sys.executable, "-m", "slmflow.cli", "-v", "index", str(corpus), "--index", str(index_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "slmflow.cli", "-v", "index", str(corpus), *_store_args(store)],
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # the first stored batch, then kill it while it embeds the next
         if "stored" in line:
@@ -225,7 +241,7 @@ def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_pat
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
-    partial = DocumentIndex(corpus, index_dir)
+    partial = DocumentIndex(corpus, **store)
     stored = partial.file_records()
     assert 0 < len(stored) < 24
     hits = Retriever(partial).search("rain measured at a station", k=3)
@@ -265,13 +281,13 @@ def test_metadata_filter_limits_results(example_retriever):
 
 # --- docs-qa -------------------------------------------------------------------------------------
 
-def test_answer_grammar_allows_only_retrieved_citations(onnx_model):
+def test_answer_constraint_allows_only_retrieved_citations(onnx_model):
     engine = onnx_model.constraints
-    grammar = answer_grammar(2, polar=False)
-    assert engine.accepts(grammar, "It is 330 metres tall [2].")
-    assert not engine.accepts(grammar, "It is 330 metres tall [3].")
-    assert not engine.accepts(grammar, "It is 330 metres tall.")
-    assert engine.accepts(grammar, NOT_FOUND)
+    constraint = answer_constraint(2, polar=False)
+    assert engine.accepts(constraint, "It is 330 metres tall [2].")
+    assert not engine.accepts(constraint, "It is 330 metres tall [3].")
+    assert not engine.accepts(constraint, "It is 330 metres tall.")
+    assert engine.accepts(constraint, NOT_FOUND)
 
 
 def test_docs_qa_answers_with_citations_of_retrieved_chunks(onnx_model, tmp_path):

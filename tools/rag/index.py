@@ -1,5 +1,5 @@
-"""The document index: chunks and their embeddings in a Chroma ``PersistentClient``, kept in step
-with a folder incrementally and safely.
+"""The document index: chunks and their embeddings in Chroma (a local ``PersistentClient``, or a
+Chroma server given by URL), kept in step with a folder incrementally and safely.
 
 Two collections: ``chunks`` (text, embedding, citation metadata) and ``files`` (one record per
 indexed file: content hash, size, mtime, chunk count). A file's record is written only after all
@@ -17,9 +17,11 @@ import fnmatch
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pydantic import BaseModel
 from rich.progress import (
@@ -84,6 +86,40 @@ def default_index_dir(folder: Path) -> Path:
     return cache_root() / "indexes" / f"{folder.resolve().name or 'root'}-{key}"
 
 
+def chromadb_persistent(path: Path):
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+
+def chroma_server(url: str):
+    """A client of the Chroma server at ``url``, checked to answer before anything is written."""
+    import chromadb
+    from chromadb.config import Settings
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise IndexUnusableError(f"index URL '{url}' is not an http(s) URL", "write it as http://host:port")
+    try:
+        client = chromadb.HttpClient(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https"
+                                                                                  else 8000),
+                                     ssl=parsed.scheme == "https", settings=Settings(anonymized_telemetry=False))
+        client.heartbeat()
+    except Exception as err:  # chromadb raises plain ValueErrors and httpx errors alike for an absent server
+        raise IndexUnusableError(f"no Chroma server answers at {url} ({err.__class__.__name__})",
+                                 "start one with `chroma run --path DIR --port PORT`") from None
+    return client
+
+
+def _name(prefix: str, collection: str) -> str:
+    """Chroma collection names: 3-512 of [a-zA-Z0-9._-], starting and ending alphanumeric."""
+    if not prefix:
+        return collection
+    safe = re.sub(r"[^a-zA-Z0-9._-]", "-", prefix).strip("._-") or "folder"
+    return f"{safe[:400]}-{collection}"
+
+
 def file_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -108,48 +144,67 @@ class DocumentIndex:
     """A folder's chunks in Chroma (see the module docstring)."""
 
     def __init__(self, folder: str | Path, index_dir: str | Path | None = None, embedder: Embedder | None = None,
-                 chunk_tokens: int = 200, overlap_tokens: int = 32) -> None:
-        import chromadb
-        from chromadb.config import Settings
-
+                 chunk_tokens: int = 200, overlap_tokens: int = 32, index_url: str | None = None) -> None:
+        """``index_url`` (``http://host:port``) keeps the index in a Chroma server instead of a local
+        folder: collections are named after the folder, and the settings are stored with them."""
         self.folder = Path(folder).expanduser()
         if not self.folder.exists():
             raise IndexUnusableError(f"folder {self.folder} does not exist", "check the path")
         if not self.folder.is_dir():
             raise IndexUnusableError(f"{self.folder} is a file, not a folder", "pass the folder that holds it")
+        if index_url and index_dir:
+            raise IndexUnusableError("both an index folder and an index URL were given", "pass one of them")
         self.folder = self.folder.resolve()
         self.dir = Path(index_dir).expanduser() if index_dir else default_index_dir(self.folder)
         self.embedder = embedder or load_embedder()
         self.settings = IndexSettings(folder=str(self.folder), embedder=str(self.embedder.path),
                                       dimension=self.embedder.dimension, chunk_tokens=chunk_tokens,
                                       overlap_tokens=overlap_tokens)
-        self._check_settings()
-        self.client = chromadb.PersistentClient(path=str(self.dir / "chroma"),
-                                                settings=Settings(anonymized_telemetry=False))
+        # On a server: "<folder name>-<hash of its path>", one pair of collections per folder.
+        prefix = self.dir.name if index_url else ""
+        self.location = f"{index_url} ({prefix})" if index_url else str(self.dir)
+        if index_url:
+            self.client = chroma_server(index_url)
+        else:
+            self._check_settings(self._stored_in_file())
+            self.client = chromadb_persistent(self.dir / "chroma")
         self.chunks = self.client.get_or_create_collection(
-            "chunks", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
-        self.files = self.client.get_or_create_collection("files", embedding_function=None)
+            _name(prefix, "chunks"), embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+        self.files = self.client.get_or_create_collection(_name(prefix, "files"), embedding_function=None)
+        if index_url:
+            self._check_settings(self._stored_in_collection())
 
-    def _check_settings(self) -> None:
+    def _stored_in_file(self) -> IndexSettings | None:
         meta = self.dir / INDEX_META
-        if meta.exists():
-            try:
-                stored = IndexSettings.model_validate_json(meta.read_text(encoding="utf-8"))
-            except ValueError as err:
-                raise IndexUnusableError(f"{meta} is corrupt ({err.__class__.__name__})",
-                                  "delete the index folder to rebuild it") from None
-            mismatched = [k for k in ("embedder", "dimension", "chunk_tokens", "overlap_tokens")
-                          if getattr(stored, k) != getattr(self.settings, k)]
-            if mismatched:
-                raise IndexUnusableError(
-                    f"the index in {self.dir} was built with other {', '.join(mismatched)} "
-                    f"({', '.join(str(getattr(stored, k)) for k in mismatched)})",
-                    "use those settings, another --index folder, or delete this index to rebuild it")
+        if not meta.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = meta.with_suffix(".tmp")
+            tmp.write_text(self.settings.model_dump_json(indent=1), encoding="utf-8")
+            tmp.replace(meta)
+            return None
+        try:
+            return IndexSettings.model_validate_json(meta.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise IndexUnusableError(f"{meta} is corrupt ({err.__class__.__name__})",
+                                     "delete the index folder to rebuild it") from None
+
+    def _stored_in_collection(self) -> IndexSettings | None:
+        stored = (self.files.metadata or {}).get("slmflow_settings")
+        if stored is None:
+            self.files.modify(metadata={"slmflow_settings": self.settings.model_dump_json()})
+            return None
+        return IndexSettings.model_validate_json(stored)
+
+    def _check_settings(self, stored: IndexSettings | None) -> None:
+        if stored is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = meta.with_suffix(".tmp")
-        tmp.write_text(self.settings.model_dump_json(indent=1), encoding="utf-8")
-        tmp.replace(meta)
+        mismatched = [k for k in ("embedder", "dimension", "chunk_tokens", "overlap_tokens")
+                      if getattr(stored, k) != getattr(self.settings, k)]
+        if mismatched:
+            raise IndexUnusableError(
+                f"the index in {self.location} was built with other "
+                f"{', '.join(mismatched)} ({', '.join(str(getattr(stored, k)) for k in mismatched)})",
+                "use those settings, another --index folder, or delete this index to rebuild it")
 
     # --- reading ---------------------------------------------------------------------------------
 

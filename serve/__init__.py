@@ -1,0 +1,1 @@
+"""``agents serve``: slmflow models behind the OpenAI chat-completions API and Ollama's chat API."""

@@ -1,0 +1,112 @@
+"""One worker thread per served model: requests to a model run one at a time, in arrival order.
+
+A model's prefix cache and KV state belong to one generation at a time, so concurrent requests are
+queued, not interleaved. A full queue answers 429 (clients retry with backoff) instead of growing
+without bound. A streamed request whose client goes away stops at its next token, and the model's
+generator is closed so its cache entry is released as after any finished request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slmflow.runtime.errors import SlmflowError
+
+
+class QueueFullError(SlmflowError):
+    """More requests wait for a model than the server accepts."""
+
+
+_DONE = object()
+
+
+class ModelWorker:
+    def __init__(self, name: str, max_queue: int) -> None:
+        self.name = name
+        self.max_queue = max_queue
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    def _admit(self) -> None:
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                raise QueueFullError(f"{self._waiting} requests already wait for model '{self.name}'",
+                                     "retry later")
+            self._waiting += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    async def run(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the model's thread and return its result."""
+        self._admit()
+
+        def task():
+            try:
+                return job()
+            finally:
+                self._leave()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, task)
+
+    async def stream(self, start: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+        """Run ``start()`` on the model's thread, then its iterator, handing items over as they come.
+
+        Errors from ``start()`` (bad schema, prompt too long) are raised before the first item, so
+        the caller can still answer with an error status instead of a broken stream.
+        """
+        self._admit()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        started: asyncio.Future = loop.create_future()
+        cancelled = threading.Event()
+
+        def put(item) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def settle(error: BaseException | None) -> None:
+            if not started.done():
+                started.set_exception(error) if error else started.set_result(None)
+
+        def task() -> None:
+            try:
+                iterator = start()
+                loop.call_soon_threadsafe(settle, None)
+                try:
+                    for item in iterator:
+                        if cancelled.is_set():
+                            break
+                        put(item)
+                finally:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
+                put(_DONE)
+            except BaseException as err:  # handed to the request, which raises it
+                loop.call_soon_threadsafe(settle, err)
+                put(err)
+            finally:
+                self._leave()
+
+        loop.run_in_executor(self._executor, task)
+        await started
+        return _drain(queue, cancelled)
+
+
+async def _drain(queue: asyncio.Queue, cancelled: threading.Event) -> AsyncIterator[Any]:
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancelled.set()
