@@ -179,14 +179,11 @@ def generate_with_tools(
         tool_choice = "required" if allowed else "none"
     elif selector is not None and tool_choice == "auto" and messages[-1].role == "tool":
         tool_choice = "none"
+    callable_tools = allowed if tool_choice == "required" else tools
     if hasattr(model, "tool_turn"):  # an endpoint model: the server enforces the choice
-        turn = model.tool_turn(messages, allowed if tool_choice == "required" else tools, tool_choice, parallel,
-                               max_tokens, sampling)
+        turn = model.tool_turn(messages, callable_tools, tool_choice, parallel, max_tokens, sampling)
         return turn.model_copy(update={"selection": selection})
-    if tool_choice == "required":
-        grammar = tool_call_grammar(allowed, "required", parallel)
-    else:
-        grammar = tool_call_grammar(tools, tool_choice, parallel)
+    grammar = tool_call_grammar(callable_tools, tool_choice, parallel)
     ids = tool_prompt(model, messages, tools)
     if len(ids) + 1 > model.context_length:
         raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "
