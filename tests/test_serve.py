@@ -96,6 +96,17 @@ def test_concurrent_requests_get_their_own_greedy_replies(client):
     assert together == alone
 
 
+def test_a_client_leaving_mid_stream_frees_the_model_and_leaves_its_cache_sound(server, client, onnx_model):
+    prompt = "Tell a very long story."
+    expected = onnx_model.generate(prompt, max_tokens=16).text()  # before the server shares the model
+    with httpx.stream("POST", server + "/v1/chat/completions", timeout=60, json={
+            "model": "embedded", "messages": [{"role": "user", "content": "Tell a very long story."}],
+            "stream": True, "max_tokens": 250, "temperature": 0}) as reply:
+        lines = reply.iter_lines()
+        assert next(lines).startswith("data: ")  # then hang up after the first event
+    assert _ask(client, prompt).choices[0].message.content == expected
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def _post(server, path, body: bytes | dict, **headers):
@@ -114,6 +125,7 @@ def _post(server, path, body: bytes | dict, **headers):
     ({"model": "embedded", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}, 400,
      "above this server's limit of 256"),
     ({"model": "embedded", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role 'wizard'"),
+    ({"model": "embedded", "messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n: Input should be"),
 ])
 def test_bad_openai_requests_get_the_matching_status_and_the_server_keeps_serving(server, client, body, status,
                                                                                   needle):
