@@ -185,11 +185,11 @@ class AssistantGraph:
         history = [{"role": {"human": "user", "ai": "assistant"}[m.type], "content": m.content}
                    for m in state["messages"][:-1] if m.type in ("human", "ai")]
         result = agent.run(_with_image_text(state, _request(state)), history=history)
-        tokens = sum(e.usage.completion_tokens for e in result.trace if e.usage)
+        usage = Usage.combined([e.usage for e in result.trace if e.usage])
         calls = [c.name for e in result.trace for c in e.tool_calls]
         note = f"status {result.status}" + (f", tools: {', '.join(calls)}" if calls else "")
         return {"messages": [AIMessage(content=str(result.output or ""))],
-                "trace": [_event("mini", model, started, tokens=tokens, note=note)], "tokens_used": tokens}
+                "trace": [_event("mini", model, started, usage, note=note)], "tokens_used": usage.completion_tokens}
 
     def moe(self, state: AssistantState) -> dict:
         started = time.perf_counter()

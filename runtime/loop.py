@@ -36,6 +36,20 @@ class Usage(BaseModel):
     decode_tokens_per_s: float
     total_s: float
 
+    @classmethod
+    def combined(cls, usages: Seq[Usage]) -> Usage:
+        """The usage of several generations taken as one (an agent's steps): counts and times add
+        up, and the decode rate is all decoded tokens over all decoding time."""
+        decoded = sum(max(u.completion_tokens - 1, 0) for u in usages)
+        decode_s = sum(u.total_s - u.time_to_first_token_s for u in usages)
+        return cls(prompt_tokens=sum(u.prompt_tokens for u in usages),
+                   completion_tokens=sum(u.completion_tokens for u in usages),
+                   cached_tokens=sum(u.cached_tokens for u in usages),
+                   forced_tokens=sum(u.forced_tokens for u in usages),
+                   time_to_first_token_s=usages[0].time_to_first_token_s if usages else 0.0,
+                   decode_tokens_per_s=decoded / decode_s if decoded and decode_s > 0 else 0.0,
+                   total_s=sum(u.total_s for u in usages))
+
 
 class GenerationResult(BaseModel):
     text: str

@@ -198,6 +198,8 @@ def test_tool_needing_approval_waits_for_the_user(onnx_model, tmp_path):
     assert written == []
     graph.invoke(Command(resume="no"), config)
     assert written == [] and not graph.get_state(config).next
+    mini_event = graph.get_state(config).values["trace"][-1]
+    assert mini_event["node"] == "mini" and mini_event["tokens"] > 0 and mini_event["tokens_per_s"] > 0
 
 
 # --- threads and user graphs from the CLI ---------------------------------------------------

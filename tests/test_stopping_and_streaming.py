@@ -76,3 +76,13 @@ def test_usage_counts_tokens_and_times(onnx_model):
     assert usage.completion_tokens == len(result.token_ids) == 20
     assert 0 < usage.time_to_first_token_s < usage.total_s
     assert usage.decode_tokens_per_s > 0
+
+
+def test_combined_usage_adds_counts_and_rates_decoding_over_all_steps():
+    from slmflow.runtime.loop import Usage
+
+    a = Usage(prompt_tokens=10, completion_tokens=11, time_to_first_token_s=0.5, decode_tokens_per_s=10.0, total_s=1.5)
+    b = Usage(prompt_tokens=20, completion_tokens=21, time_to_first_token_s=0.1, decode_tokens_per_s=20.0, total_s=1.1)
+    both = Usage.combined([a, b])
+    assert (both.prompt_tokens, both.completion_tokens, both.total_s) == (30, 32, 2.6)
+    assert both.decode_tokens_per_s == 30 / 2.0  # 10 + 20 decoded tokens over 1.0 + 1.0 s of decoding
