@@ -116,6 +116,18 @@ def test_backend_required_tool_choice_gives_a_valid_call(request, backend):
     assert [c.name for c in turn.tool_calls] == ["get_weather"] and set(turn.tool_calls[0].arguments) == {"city"}
 
 
+def test_langchain_chat_model_runs_on_a_served_model(served_openai, onnx_model):
+    from slmflow.agents.chat_model import SlmflowChatModel
+
+    expected = onnx_model.generate("What is the capital of France?", max_tokens=16).text()
+    chat = SlmflowChatModel(model=str(served_openai.spec), max_tokens=16)
+    assert chat.invoke("What is the capital of France?").content == expected
+    tools = SlmflowChatModel(model=str(served_openai.spec), max_tokens=64).bind_tools(
+        [WEATHER.openai_format()], tool_choice="get_weather")
+    message = tools.invoke("Weather in Rome?")
+    assert message.tool_calls[0]["name"] == "get_weather" and set(message.tool_calls[0]["args"]) == {"city"}
+
+
 def test_ollama_backend_reads_the_window_and_sizes_num_ctx(ollama_model):
     assert ollama_model.context_length == 8192  # from /api/show, as Ollama reports it
     assert ollama_model.num_ctx(100, 256) == 4096 and ollama_model.num_ctx(3000, 2000) == 8192
