@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from functools import wraps
 
@@ -324,9 +325,17 @@ def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, index_u
         answer(q)
 
 
+def served_name(entry: str) -> tuple[str, str]:
+    """``NAME=SPEC`` → (NAME, SPEC); a bare spec is served under its own text."""
+    name, eq, spec = entry.partition("=")
+    if eq and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", name) and spec:
+        return name, spec
+    return entry, entry
+
+
 @main.command("serve")
 @click.option("--model", "model_specs", multiple=True,
-              help="model spec to serve, named by its spec (repeatable; default: embedded)")
+              help="model to serve: SPEC, named by the spec, or NAME=SPEC (repeatable; default: embedded)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback by default)")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--api-key", envvar="SLMFLOW_SERVE_API_KEY", default=None, show_envvar=True,
@@ -343,7 +352,8 @@ def serve_command(model_specs, host, port, api_key, max_tokens, max_request_byte
 
     settings = ServeSettings(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
                              max_request_bytes=max_request_bytes, max_queue=max_queue)
-    models = {spec: load_model(spec) for spec in model_specs or ("embedded",)}
+    models = dict(served_name(entry) for entry in model_specs or ("embedded",))
+    models = {name: load_model(spec) for name, spec in models.items()}
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err_console.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach "
                           "this port can use the models", highlight=False)

@@ -107,6 +107,19 @@ def test_a_client_leaving_mid_stream_frees_the_model_and_leaves_its_cache_sound(
     assert _ask(client, prompt).choices[0].message.content == expected
 
 
+def test_agents_serve_command_serves_models_under_given_names(tmp_path):
+    import sys
+
+    from serving import command_server
+
+    args = [sys.executable, "-m", "slmflow.cli", "serve", "--model", "small=embedded", "--port", "{port}"]
+    with command_server(args, "/", tmp_path / "serve.log") as url:
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["small"]
+        reply = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0).chat.completions.create(
+            model="small", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, temperature=0)
+        assert reply.choices[0].message.content
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def _post(server, path, body: bytes | dict, **headers):
