@@ -352,8 +352,7 @@ def serve_command(model_specs, host, port, api_key, max_tokens, max_request_byte
 
     settings = ServeSettings(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
                              max_request_bytes=max_request_bytes, max_queue=max_queue)
-    models = dict(served_name(entry) for entry in model_specs or ("embedded",))
-    models = {name: load_model(spec) for name, spec in models.items()}
+    models = {name: load_model(spec) for name, spec in map(served_name, model_specs or ("embedded",))}
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err_console.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach "
                           "this port can use the models", highlight=False)

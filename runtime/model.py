@@ -34,6 +34,7 @@ from slmflow.runtime.prefix_cache import (
 )
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
+from slmflow.runtime.tool_calling import tool_prompt
 
 Prompt = str | Seq[Message] | Seq[dict] | Seq[int]
 
@@ -80,8 +81,6 @@ class Model:
 
     def count_tokens(self, messages: Seq[Message | dict], tools: Seq = ()) -> int:
         """The prompt's length in tokens, tools shown as the model will see them."""
-        from slmflow.runtime.tool_calling import tool_prompt
-
         return len(tool_prompt(self, messages, tools))
 
     @cached_property

@@ -58,6 +58,7 @@ class ChatRequest:
     tools: list[ToolSpec] = field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     parallel: bool = False
+    prompt_tokens: int = 0  # the estimate the window was checked with (Ollama sizes num_ctx by it)
 
 
 @dataclass
@@ -133,14 +134,18 @@ class EndpointModel:
         """An upper estimate of the prompt's tokens (the server's tokenizer is not at hand)."""
         return estimate_tokens(to_wire_messages(as_messages(messages)), tools)
 
-    def _fit(self, messages: list[Message], tools: Seq[ToolSpec], max_tokens: int) -> int:
+    def _chat_request(self, messages: list[Message], max_tokens: int, sampling: SamplingParams | None,
+                 **options) -> ChatRequest:
+        """The wire request, with the prompt checked against the window and the reply's room."""
         if max_tokens < 1:
             raise PromptError(f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more")
-        needed = self.count_tokens(messages, tools)
+        wire = to_wire_messages(messages)
+        needed = estimate_tokens(wire, options.get("tools", ()))
         if needed + 1 > self.context_length:
             raise PromptError(f"the prompt has about {needed} tokens but {self.spec} has a context window of "
                               f"{self.context_length}", "shorten the prompt or use a model with a longer context")
-        return min(max_tokens, self.context_length - needed)
+        return ChatRequest(wire, min(max_tokens, self.context_length - needed), sampling or SamplingParams(),
+                           prompt_tokens=needed, **options)
 
     def generate(self, prompt, *, max_tokens: int = 256, sampling: SamplingParams | None = None,
                  stop: Seq[str] = (), system: str | None = None, constraint: Constraint | None = None,
@@ -151,8 +156,7 @@ class EndpointModel:
         if output is not None:
             constraint = JsonSchema(output)
         schema, wrapped = wire_schema(constraint) if constraint is not None else (None, False)
-        request = ChatRequest(to_wire_messages(messages), self._fit(messages, (), max_tokens),
-                              sampling or SamplingParams(), stop, schema)
+        request = self._chat_request(messages, max_tokens, sampling, stop=stop, schema=schema)
         response = Response(self._validated(request, constraint, wrapped))
         return response if output is None else parse_output(output, response.text())
 
@@ -186,8 +190,8 @@ class EndpointModel:
         """One turn with tools, the engine choosing between words and calls as ``tool_choice`` allows;
         calls are checked against the tools' names before they are returned."""
         messages = as_messages(messages)
-        request = ChatRequest(to_wire_messages(messages), self._fit(messages, tools, max_tokens),
-                              sampling or SamplingParams(), (), None, list(tools), tool_choice, parallel)
+        request = self._chat_request(messages, max_tokens, sampling, tools=list(tools), tool_choice=tool_choice,
+                                parallel=parallel)
         start = time.perf_counter()
         pieces, reply = _collect(self._chat(request))
         names = {t.name for t in tools}

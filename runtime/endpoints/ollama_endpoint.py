@@ -22,7 +22,6 @@ from slmflow.runtime.endpoints.base import (
     ChatReply,
     ChatRequest,
     EndpointModel,
-    estimate_tokens,
 )
 from slmflow.runtime.errors import EndpointError, PromptError
 from slmflow.runtime.specs import ModelSpec
@@ -82,11 +81,10 @@ class OllamaModel(EndpointModel):
 
     def _chat(self, request: ChatRequest) -> Iterator[str]:
         s = request.sampling
-        prompt_tokens = estimate_tokens(request.messages, request.tools)
         options = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
                    "repeat_penalty": s.repetition_penalty, "frequency_penalty": s.frequency_penalty,
                    "presence_penalty": s.presence_penalty, "num_predict": request.max_tokens,
-                   "num_ctx": self.num_ctx(prompt_tokens, request.max_tokens)}
+                   "num_ctx": self.num_ctx(request.prompt_tokens, request.max_tokens)}
         if s.seed is not None:
             options["seed"] = s.seed
         if request.stop:

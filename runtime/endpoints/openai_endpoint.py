@@ -99,7 +99,7 @@ class OpenAIEndpointModel(EndpointModel):
             error.status = err.status_code
             raise error from None
 
-    def _request(self, request: ChatRequest, stream: bool) -> dict:
+    def _body(self, request: ChatRequest, stream: bool) -> dict:
         s = request.sampling
         body: dict = {"model": self.spec.location, "messages": request.messages, "max_tokens": request.max_tokens,
                       "temperature": s.temperature, "top_p": s.top_p, "stream": stream}
@@ -145,7 +145,7 @@ class OpenAIEndpointModel(EndpointModel):
 
     def _chat(self, request: ChatRequest) -> Iterator[str]:
         if request.tools:  # calls arrive whole; streaming them gains nothing here
-            completion = self._create(self._request(request, stream=False))
+            completion = self._create(self._body(request, stream=False))
             choice = completion.choices[0]
             text = choice.message.content or ""
             if text:
@@ -155,7 +155,7 @@ class OpenAIEndpointModel(EndpointModel):
                              prompt_tokens=usage.prompt_tokens if usage else 0,
                              completion_tokens=usage.completion_tokens if usage else 0,
                              tool_calls=[_tool_call(c) for c in choice.message.tool_calls or []])
-        body = self._request(request, stream=True)
+        body = self._body(request, stream=True)
         body["stream_options"] = {"include_usage": True}
         pieces, finish, usage = [], "stop", None
         for chunk in self._create(body):
