@@ -191,15 +191,18 @@ def test_ollama_replies_match_the_documented_examples(server, example):
         assert isinstance(data["age"], int) and isinstance(data["available"], bool)
 
 
-def test_ollama_stream_is_ndjson_in_the_documented_shape(server):
+def test_ollama_stream_is_ndjson_in_the_documented_shape(server, onnx_model):
     doc = json.loads((OLLAMA_EXAMPLES / "chat_streaming.json").read_text())
-    body = {**doc["request"], "model": "embedded", "options": {"num_predict": 8}}
+    # Greedy, so the stream can be compared with the model's own reply (Ollama's default samples).
+    expected = onnx_model.generate(doc["request"]["messages"][0]["content"], max_tokens=8).result()
+    body = {**doc["request"], "model": "embedded", "options": {"num_predict": 8, "temperature": 0}}
     with httpx.stream("POST", server + "/api/chat", json=body, timeout=60) as reply:
         lines = [json.loads(line) for line in reply.iter_lines() if line]
     for chunk in lines[:-1]:
         _same_shape({**doc["response_chunk"], "model": "embedded"}, chunk)
     _same_shape({**doc["response_final"], "model": "embedded"}, lines[-1])
-    assert lines[-1]["eval_count"] == 8
+    assert "".join(line["message"]["content"] for line in lines) == expected.text
+    assert lines[-1]["eval_count"] == expected.usage.completion_tokens
 
 
 def test_official_ollama_client_streams_and_honours_format(server):
