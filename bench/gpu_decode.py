@@ -82,7 +82,7 @@ def graph_only_rate(model: Model, prompt: list[int], n: int) -> float:
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(n):
-        seq._graph.replay()
+        seq._g.graph.replay()
     torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
 
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--compile", choices=["0", "1"], default="1", help="SLMFLOW_TORCH_COMPILE for this run")
+    parser.add_argument("--decode-attention", choices=["0", "1"], default="0",
+                        help="SLMFLOW_DECODE_ATTENTION: the split-KV decode attention kernel")
     parser.add_argument("--weight-only", default="", help="also measure these on the first shape: int8,int4")
     parser.add_argument("--skip-bf16", action="store_true", help="only the --weight-only rows")
     args = parser.parse_args()
@@ -101,6 +103,7 @@ def main() -> None:
     import os
 
     os.environ["SLMFLOW_TORCH_COMPILE"] = args.compile
+    os.environ["SLMFLOW_DECODE_ATTENTION"] = args.decode_attention
     from transformers import AutoTokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -161,7 +164,8 @@ def main() -> None:
         if key != "shape":
             print(f"{key:<34}" + "".join(f"{r.get(key, '-'):>16}" for r in results))
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "compile": args.compile, "results": results}))
+                      "compile": args.compile,
+                      "decode_attention": args.decode_attention, "results": results}))
 
 
 if __name__ == "__main__":

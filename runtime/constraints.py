@@ -254,6 +254,8 @@ class ConstraintMatcher:
         self._fill = llguidance.torch.fill_next_token_bitmask
         self._words = llguidance.torch.allocate_token_bitmask(1, vocab_size)  # filled in place, no copy
         self._bytes = self._words.numpy().view(np.uint8)
+        self._device_words: torch.Tensor | None = None
+        self._shifts: torch.Tensor | None = None
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits with every disallowed token at -inf (padding beyond the vocabulary included)."""
@@ -266,17 +268,29 @@ class ConstraintMatcher:
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """Set the logits of tokens outside the last computed bitmask to -inf."""
+        if logits.device.type != "cpu":
+            return self._apply_on_device(logits)
         n = logits.shape[-1]
         bits = np.unpackbits(self._bytes, bitorder="little").view(np.bool_)
         if bits.shape[0] < n:
             bits = np.pad(bits, (0, n - bits.shape[0]))
-        bits = bits[:n]
-        if logits.device.type == "cpu":  # numpy's masked copy is the fastest path on the host
-            out = np.full(n, -np.inf, dtype=np.float32)
-            np.copyto(out, logits.float().numpy(), where=bits)
-            return torch.from_numpy(out)
-        allowed = torch.from_numpy(bits).to(logits.device, non_blocking=True)
-        return torch.where(allowed, logits, torch.tensor(float("-inf"), device=logits.device))
+        out = np.full(n, -np.inf, dtype=np.float32)  # numpy's masked copy is the fastest path on the host
+        np.copyto(out, logits.float().numpy(), where=bits[:n])
+        return torch.from_numpy(out)
+
+    def _apply_on_device(self, logits: torch.Tensor) -> torch.Tensor:
+        """The packed words travel (vocab/8 bytes, from pinned memory, without waiting) and are
+        unpacked on the device. Reusing the host buffer is safe: the loop waits for each sampled
+        token, which comes after this copy, before the engine fills the buffer again."""
+        if self._device_words is None or self._device_words.device != logits.device:
+            self._device_words = torch.empty(self._words.shape[1], dtype=torch.int32, device=logits.device)
+            self._shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+        self._device_words.copy_(self._words[0], non_blocking=True)
+        n = logits.shape[-1]
+        allowed = ((self._device_words.unsqueeze(-1) >> self._shifts) & 1).view(-1).bool()
+        if allowed.shape[0] < n:
+            allowed = torch.nn.functional.pad(allowed, (0, n - allowed.shape[0]))
+        return logits.masked_fill(~allowed[:n], float("-inf"))
 
     def advance(self, token: int) -> None:
         if not self._m.consume_token(token):

@@ -8,7 +8,7 @@ usage). Nothing here knows which backend produced the logits.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from typing import Literal
 
@@ -68,7 +68,7 @@ def prefill(seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
 def decode_tokens(
     seq: Sequence,
     logits: torch.Tensor,
-    sampler: Callable[[torch.Tensor], int],
+    sampler: Sampler,
     max_tokens: int,
     eos: frozenset[int],
     matcher: ConstraintMatcher | None = None,
@@ -77,23 +77,31 @@ def decode_tokens(
     """Yield ``(token, forced)`` pairs, feeding tokens back, until EOS, ``max_tokens`` or the end of
     the constraint.
 
-    A token is yielded before it is fed, so a consumer that stops early (a stop string) costs no
-    wasted forward pass; the last yielded token is then not in the cache. Under a constraint, the
-    mask is applied before sampling, and tokens the grammar forces are appended together with the
-    sampled one in a single forward pass (jump-forward).
+    On most backends a token is yielded before it is fed, so a consumer that stops early (a stop
+    string) costs no wasted forward pass; the last yielded token is then not in the cache. A
+    sequence that takes a token still on the device (``extend_on_device``: the CUDA-graph fast
+    path) is fed before the host has even read the token, so detokenizing, stop checks and the
+    constraint's next mask run while the GPU computes the next step; there the last token is in the
+    cache (``seq.length`` says so). Under a constraint, the mask is applied before sampling, and
+    tokens the grammar forces are appended in one forward pass (jump-forward).
     """
+    feed_on_device = getattr(seq, "extend_on_device", None)
     produced = 0
     while True:
         if matcher is not None:
             logits = matcher.mask(logits)
-        token = sampler(logits)
+        pending = sampler.pick(logits)
         produced += 1
+        ahead = None
+        if feed_on_device is not None and produced < max_tokens:
+            ahead = feed_on_device(pending.on_device)
+        token = pending.wait()
         if matcher is not None:
             matcher.advance(token)
         yield token, False
         if token in eos or produced == max_tokens or (matcher is not None and matcher.finished):
             return
-        new = [token]
+        new = [] if ahead is not None else [token]
         if matcher is not None and jump_forward:
             for forced in matcher.forced_tokens()[: max_tokens - produced]:
                 matcher.advance(forced)
@@ -102,7 +110,7 @@ def decode_tokens(
                 yield forced, True
             if produced == max_tokens or matcher.finished:
                 return
-        logits = seq.extend(new)
+        logits = seq.extend(new) if new else ahead
 
 
 def run_generation(

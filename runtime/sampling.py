@@ -50,7 +50,7 @@ def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
         cumulative = sorted_scores.softmax(-1).cumsum(-1)
         # Drop the low tail whose mass is <= 1 - top_p; the most likely token always survives.
         drop_sorted = cumulative <= (1.0 - params.top_p)
-        drop_sorted[-1] = False
+        drop_sorted[-1:].fill_(False)  # in place on the device: no host-to-device copy
         scores = scores.masked_fill(drop_sorted.scatter(0, order, drop_sorted), float("-inf"))
     probs = scores.softmax(-1)
     if params.min_p > 0.0:
@@ -59,8 +59,33 @@ def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return probs
 
 
+class PendingToken:
+    """A token chosen on the device whose copy to the host is under way.
+
+    ``on_device`` can be fed to the next forward pass at once; ``wait`` blocks only until the
+    sampling kernels are done, not for work queued after them (the next forward pass)."""
+
+    def __init__(self, on_device: torch.Tensor, host: torch.Tensor | None) -> None:
+        self.on_device = on_device
+        self._host = host
+        self._ready = None
+        if host is not None:
+            host.copy_(on_device, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def wait(self) -> int:
+        if self._ready is None:
+            return int(self.on_device)
+        self._ready.synchronize()
+        return int(self._host)
+
+
 class Sampler:
-    """Per-generation sampler state: the RNG and the token counts the penalties need."""
+    """Per-generation sampler state: the RNG and the token counts the penalties need.
+
+    Everything stays on the logits' device with no host synchronisation (no boolean indexing, no
+    ``.item()``), so on a GPU the choice of token t can be queued ahead of the forward pass of t+1."""
 
     def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: list[int], device) -> None:
         self.params = params
@@ -70,6 +95,9 @@ class Sampler:
             self._rng.manual_seed(params.seed if params.seed is not None else torch.seed())
         self._counts = None
         self._seen = None
+        self._host = None
+        if torch.device(device).type == "cuda":
+            self._host = torch.zeros((), dtype=torch.long, pin_memory=True)
         if params.penalised:
             self._counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
             self._seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
@@ -78,28 +106,31 @@ class Sampler:
 
     def _penalise(self, logits: torch.Tensor) -> torch.Tensor:
         p = self.params
-        logits = logits.float().clone()
+        logits = logits.float()
         if p.repetition_penalty != 1.0:
             seen = self._seen[: logits.shape[-1]]
-            picked = logits[seen]
-            logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+            penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+            logits = torch.where(seen, penalised, logits)
         counts = self._counts[: logits.shape[-1]]
         if p.frequency_penalty:
-            logits -= p.frequency_penalty * counts
+            logits = logits - p.frequency_penalty * counts
         if p.presence_penalty:
-            logits -= p.presence_penalty * (counts > 0).float()
+            logits = logits - p.presence_penalty * (counts > 0).float()
         return logits
 
-    def __call__(self, logits: torch.Tensor) -> int:
-        """Pick the next token id from last-position logits (1-D, vocab-sized)."""
+    def pick(self, logits: torch.Tensor) -> PendingToken:
+        """Choose the next token from last-position logits (1-D, vocab-sized), without waiting for it."""
         if self._counts is not None:
             logits = self._penalise(logits)
         if self.params.greedy:
-            token = int(torch.argmax(logits))
+            token = torch.argmax(logits)
         else:
             probs = filtered_probs(logits, self.params)
-            token = int(torch.multinomial(probs, 1, generator=self._rng))
+            token = torch.multinomial(probs, 1, generator=self._rng)[0]
         if self._counts is not None:
-            self._counts[token] += 1
-            self._seen[token] = True
-        return token
+            self._counts.index_add_(0, token.view(1), torch.ones(1, device=token.device))
+            self._seen.index_fill_(0, token.view(1), True)
+        return PendingToken(token, self._host)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        return self.pick(logits).wait()

@@ -6,8 +6,10 @@ import pytest
 import torch
 from slmflow.runtime.backends.cuda_graph import CudaGraphSequence
 from slmflow.runtime.backends.transformers_backend import TransformersBackend
+from slmflow.runtime.constraints import Choice, JsonSchema
 from slmflow.runtime.model import Model
 from slmflow.runtime.prefix_cache import CacheBudget
+from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import parse_spec
 from slmflow.runtime.tokenizer import ChatTokenizer
 
@@ -45,6 +47,77 @@ def test_cuda_graph_greedy_equals_eager_token_for_token(fp32_cuda_backend):
     assert fast == eager
 
 
+def test_constrained_fast_path_equals_eager_with_jump_forward(fp32_cuda_backend):
+    """The mask is applied on the device and forced tokens follow a token already fed ahead."""
+    model = Model(fp32_cuda_backend, CacheBudget())
+    model.cache.enabled = False
+    schema = JsonSchema({"type": "object", "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}},
+                         "required": ["city", "rank"]})
+
+    def run():
+        return model.generate(PROMPT, max_tokens=40, constraint=schema).result()
+
+    fast = run()
+    fp32_cuda_backend.fast_path = False
+    try:
+        eager = run()
+    finally:
+        fp32_cuda_backend.fast_path = True
+    assert fast.usage.forced_tokens > 0
+    assert fast.token_ids == eager.token_ids
+
+
+def test_reply_fed_ahead_is_reused_exactly_by_the_next_turn(fp32_cuda_backend):
+    """The fast path feeds each token before the host reads it, so a reply cut by a stop string
+    leaves its last token in the KV: the cache must record it, and reuse must match a cold run."""
+    model = Model(fp32_cuda_backend, CacheBudget())
+    prompt = model.prompt_ids(PROMPT)
+    first = model.generate(prompt, max_tokens=30).result()
+    stop = first.text[len(first.text) // 2:][:3]
+    model.cache.clear()
+    cut = model.generate(prompt, max_tokens=30, stop=[stop]).result()
+    assert cut.finish_reason == "stop" and len(cut.token_ids) < 30
+    (state,) = model.cache._states
+    assert state.tokens == prompt + cut.token_ids
+    assert state.seq.length == len(state.tokens)
+    follow_up = prompt + cut.token_ids + model.prompt_ids("And then?")
+    warm = model.generate(follow_up, max_tokens=20).result()
+    assert warm.usage.cached_tokens >= len(prompt) - 1
+    model.cache.clear()
+    assert warm.token_ids == model.generate(follow_up, max_tokens=20).result().token_ids
+
+
+def test_graphs_of_finished_sequences_are_reused(fp32_cuda_backend):
+    model = Model(fp32_cuda_backend, CacheBudget())
+    model.cache.enabled = False
+    pool = fp32_cuda_backend._graphs
+    pool._idle.clear()
+    model.generate(PROMPT, max_tokens=4).result()  # captures a graph, then drops its sequence
+    (idle,) = pool._idle
+    assert idle.graph is not None
+    seq = fp32_cuda_backend.new_sequence(idle.capacity)
+    assert seq._g is idle
+    assert idle not in pool._idle
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(
+    temperature=0.8, top_k=50, top_p=0.9, min_p=0.01, repetition_penalty=1.2, frequency_penalty=0.1,
+    presence_penalty=0.1, seed=0)], ids=["greedy", "filtered-and-penalised"])
+def test_sampler_and_mask_never_wait_for_the_device(fp32_cuda_backend, params):
+    vocab = fp32_cuda_backend.vocab_size
+    sampler = Sampler(params, vocab, [3, 4, 5], "cuda")
+    matcher = Model(fp32_cuda_backend).constraints.matcher(Choice(["Paris", "London"]))
+    matcher.fill()
+    logits = torch.randn(vocab, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = sampler.pick(matcher.apply(logits))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert 0 <= pending.wait() < vocab
+
+
 def test_static_cache_rewind_then_continue_equals_fresh(fp32_cuda_backend):
     model = Model(fp32_cuda_backend, CacheBudget())
     session = model.session()
@@ -77,3 +150,39 @@ def test_weight_only_linear_matches_bf16(bits, tolerance):
     out = layer(x).float()
     relative = ((out - reference).norm() / reference.norm()).item()
     assert relative < tolerance, relative
+
+
+@pytest.mark.parametrize("heads, kv_heads, dim, filled", [(32, 32, 96, 600), (9, 3, 64, 513), (4, 2, 16, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_kv_decode_attention_matches_sdpa(heads, kv_heads, dim, filled, dtype):
+    from slmflow.runtime.backends.decode_attention import split_kv_attention
+
+    torch.manual_seed(0)
+    slots = 768
+    query = torch.randn(1, 1, heads, dim, device="cuda", dtype=dtype).transpose(1, 2)  # as transformers passes it
+    key = torch.randn(1, kv_heads, slots, dim, device="cuda", dtype=dtype)
+    value = torch.randn(1, kv_heads, slots, dim, device="cuda", dtype=dtype)
+    key[:, :, filled:] = float("nan")  # unfilled slots of a static cache must not be read
+    mask = (torch.arange(slots, device="cuda") < filled).view(1, 1, 1, slots)
+    out = split_kv_attention(query, key, value, mask, dim ** -0.5).float()
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        query.float(), key[:, :, :filled].float(), value[:, :, :filled].float(),
+        enable_gqa=heads != kv_heads).transpose(1, 2)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(out, reference, atol=tolerance, rtol=tolerance), (out - reference).abs().max()
+
+
+def test_split_kv_decode_attention_greedy_equals_sdpa_end_to_end(tiny_phi3_hf, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def greedy(opt_in: str) -> list[int]:
+        monkeypatch.setenv("SLMFLOW_DECODE_ATTENTION", opt_in)
+        hf = AutoModelForCausalLM.from_pretrained(tiny_phi3_hf, dtype=torch.float32).to("cuda").eval()
+        backend = TransformersBackend(hf, ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), [2]),
+                                      parse_spec(f"hf:{tiny_phi3_hf}"))
+        assert (hf.config._attn_implementation == "slmflow_decode") == (opt_in == "1")
+        model = Model(backend)
+        model.cache.enabled = False
+        return model.generate(PROMPT, max_tokens=40).result().token_ids
+
+    assert greedy("1") == greedy("0")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Sequence as Seq
 
 import torch
@@ -39,33 +40,77 @@ def bucket(n: int) -> int:
     return -(-n // PREFILL_BUCKETS[-1]) * PREFILL_BUCKETS[-1]
 
 
-class CudaGraphSequence:
-    """A Sequence whose one-token steps replay a captured CUDA graph."""
+class DecodeGraph:
+    """A static KV cache, the fixed input buffers of the decode step and the graph captured over
+    them. Capturing costs a few warm-up steps plus the capture itself (tens of ms for a 3B model),
+    so these outlive the sequence that made them: see :class:`GraphPool`."""
 
     def __init__(self, model, capacity: int) -> None:
         from transformers import StaticCache
 
+        self.capacity = capacity
+        self.cache = StaticCache(config=model.config, max_cache_len=capacity)
+        device = model.device
+        self.token = torch.zeros((1, 1), dtype=torch.long, device=device)
+        self.position = torch.zeros((1,), dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+        self.failed = False
+
+    def nbytes(self) -> int:
+        from slmflow.runtime.backends.transformers_backend import cache_nbytes
+
+        return cache_nbytes(self.cache)
+
+
+class GraphPool:
+    """Decode graphs of sequences that are gone, kept for the next sequence of a similar capacity.
+
+    A new sequence takes an idle graph (captured ones first) whose capacity is at least what it
+    asks for and at most twice that (attention reads the whole static cache, so a much larger one would slow every
+    step); a forked or re-created conversation then starts decoding without a new capture. At most
+    ``max_idle`` graphs wait here; their memory is outside the prefix cache's budget."""
+
+    def __init__(self, max_idle: int = 2) -> None:
+        self.max_idle = max_idle
+        self._idle: list[DecodeGraph] = []
+
+    def take(self, model, capacity: int) -> DecodeGraph:
+        fitting = [g for g in self._idle if capacity <= g.capacity <= 2 * capacity]
+        if fitting:
+            best = min(fitting, key=lambda g: (g.graph is None, g.capacity))  # captured ones first
+            self._idle.remove(best)
+            return best
+        return DecodeGraph(model, capacity)
+
+    def give(self, graph: DecodeGraph) -> None:
+        self._idle.append(graph)
+        del self._idle[: -self.max_idle or len(self._idle)]
+
+
+class CudaGraphSequence:
+    """A Sequence whose one-token steps replay a captured CUDA graph."""
+
+    def __init__(self, model, capacity: int, pool: GraphPool | None = None) -> None:
         self._model = model
-        self.capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
-        self.cache = StaticCache(config=model.config, max_cache_len=self.capacity)
+        self._pool = pool or GraphPool(max_idle=0)
+        self._g = self._pool.take(model, -(-capacity // CAPACITY_STEP) * CAPACITY_STEP)
+        weakref.finalize(self, self._pool.give, self._g)
+        self.capacity = self._g.capacity
+        self.cache = self._g.cache
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.length = 0
-        device = model.device
-        self._token = torch.zeros((1, 1), dtype=torch.long, device=device)
-        self._position = torch.zeros((1,), dtype=torch.long, device=device)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_logits: torch.Tensor | None = None
-        self._graph_failed = False
+        self._set_write_position(0)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return _step_function(self._model, input_ids, positions, self.cache, self._cache_arg)
 
-    def _decode_step(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _decode_step(self) -> torch.Tensor:
         """The one-token step that the graph captures: compiled (fused kernels) when enabled."""
         step = _compiled_step(self._model) if compile_enabled() else None
         if step is None:
-            return self._forward(input_ids, positions)
-        return step(self._model, input_ids, positions, self.cache, self._cache_arg)
+            return self._forward(self._g.token, self._g.position)
+        return step(self._model, self._g.token, self._g.position, self.cache, self._cache_arg)
 
     @torch.inference_mode()
     def extend(self, token_ids: Seq[int]) -> torch.Tensor:
@@ -76,11 +121,8 @@ class CudaGraphSequence:
                 "start a new session or raise its capacity",
             )
         if n == 1 and self._ensure_graph():
-            self._token.fill_(token_ids[0])
-            self._position.fill_(self.length)
-            self._graph.replay()
-            self.length += 1
-            return self._graph_logits
+            self._g.token.fill_(token_ids[0])
+            return self._replay()
         padded = min(bucket(n), self.capacity - self.length)
         ids = torch.zeros((1, padded), dtype=torch.long, device=self._model.device)
         ids[0, :n] = torch.tensor(list(token_ids), dtype=torch.long)
@@ -89,6 +131,21 @@ class CudaGraphSequence:
         self.length += n
         self._set_write_position(self.length)
         return logits
+
+    @torch.inference_mode()
+    def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
+        """Feed one token that is still on the device (a 0-d tensor the sampler just produced):
+        nothing waits for it, so the step is queued right behind the sampling kernels."""
+        if self.length + 1 > self.capacity or not self._ensure_graph():
+            return self.extend([int(token)])
+        self._g.token.copy_(token.view(1, 1))
+        return self._replay()
+
+    def _replay(self) -> torch.Tensor:
+        self._g.position.fill_(self.length)
+        self._g.graph.replay()
+        self.length += 1
+        return self._g.logits
 
     @torch.inference_mode()
     def _set_write_position(self, length: int) -> None:
@@ -100,39 +157,42 @@ class CudaGraphSequence:
 
     def _ensure_graph(self) -> bool:
         """Capture the decode step on first use (the cache must already hold the prompt)."""
-        if self._graph is not None:
+        g = self._g
+        if g.graph is not None:
             return True
-        if self._graph_failed or self.length == 0:
+        if g.failed or self.length == 0:
             return False
-        self._position.fill_(self.length)  # warm-up writes land in the slot the next token overwrites
+        g.position.fill_(self.length)  # warm-up writes land in the slot the next token overwrites
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(3):
-                    self._decode_step(self._token, self._position)
+                    self._decode_step()
             torch.cuda.current_stream().wait_stream(stream)
             self._set_write_position(self.length)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._graph_logits = self._decode_step(self._token, self._position)[0]
+                g.logits = self._decode_step()[0]
             self._set_write_position(self.length)
         except Exception as err:  # capture refuses host syncs or dynamic shapes inside the model
-            self._graph_failed = True
+            g.failed = True
             log.warning("CUDA graph capture failed (%s); decoding eagerly on the static cache",
                         str(err).splitlines()[0])
             return False
-        self._graph = graph
+        g.graph = graph
         return True
 
     def rewind(self, length: int) -> None:
         self.length = length  # later slots become future positions: masked, then overwritten
         self._set_write_position(length)
 
+    @torch.inference_mode()
     def fork(self) -> CudaGraphSequence:
-        twin = CudaGraphSequence(self._model, self.capacity)
+        twin = CudaGraphSequence(self._model, self.capacity, self._pool)
         if self.length:
-            twin.extend([0])  # initialise the twin's buffers, then copy the KV over them
+            if not all(getattr(layer, "is_initialized", True) for layer in twin.cache.layers):
+                twin.extend([0])  # a new static cache allocates its buffers on first use
             for mine, theirs in zip(self.cache.layers, twin.cache.layers):
                 theirs.keys.copy_(mine.keys)
                 theirs.values.copy_(mine.values)
@@ -141,9 +201,7 @@ class CudaGraphSequence:
         return twin
 
     def nbytes(self) -> int:
-        from slmflow.runtime.backends.transformers_backend import cache_nbytes
-
-        return cache_nbytes(self.cache)
+        return self._g.nbytes()
 
 
 def compile_enabled() -> bool:
@@ -181,6 +239,16 @@ def _compiled_step(model):
             log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
             _compiled[key] = None
     return _compiled[key]
+
+
+def decode_attention_wanted() -> bool:
+    """Opt-in (SLMFLOW_DECODE_ATTENTION=1) until its speed is measured: the split-KV decode
+    attention kernel (``decode_attention.py``) is tested against SDPA on the GPU, but no benchmark
+    has run with it yet. It needs Triton, which CUDA builds of torch ship."""
+    import importlib.util
+    import os
+
+    return os.environ.get("SLMFLOW_DECODE_ATTENTION", "0") == "1" and importlib.util.find_spec("triton") is not None
 
 
 def cuda_graphs_usable(device: torch.device) -> tuple[bool, str]:

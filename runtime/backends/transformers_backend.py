@@ -85,9 +85,19 @@ class TransformersBackend:
         # fp32 CPU matmuls for one row and for many agree to rounding; half precision and GPU
         # kernels pick different algorithms by shape, so reuse of decoded tokens is not exact there.
         self.batch_invariant = self.device.type == "cpu" and model.dtype == torch.float32
-        from slmflow.runtime.backends.cuda_graph import cuda_graphs_usable
+        from slmflow.runtime.backends.cuda_graph import (
+            GraphPool,
+            cuda_graphs_usable,
+            decode_attention_wanted,
+        )
 
         self.fast_path, why = cuda_graphs_usable(self.device)
+        self._graphs = GraphPool() if self.fast_path else None
+        if self.fast_path and decode_attention_wanted():
+            from slmflow.runtime.backends.decode_attention import use_decode_attention
+
+            if use_decode_attention(model):
+                why += " + split-KV decode attention"
         log.info("transformers backend on %s: %s", self.device, why if self.fast_path else f"eager ({why})")
 
     @classmethod
@@ -116,6 +126,6 @@ class TransformersBackend:
         if self.fast_path:
             from slmflow.runtime.backends.cuda_graph import CudaGraphSequence
 
-            return CudaGraphSequence(self.model, capacity)
+            return CudaGraphSequence(self.model, capacity, self._graphs)
         return TransformersSequence(self.model, capacity)
 
