@@ -4,7 +4,10 @@ Built from the shared data: wikiqa questions (→ docs), BFCL simple_python ques
 wikiqa questions sent with an attached page image (→ vision: the attachment is a hard signal, so
 no model is asked and these measure only that the signal wins), and arithmetic word problems
 generated from a fixed seed (→ reasoning, the moe role).
-Scored: routing accuracy per category, and the cost of the decision (ms, generated tokens).
+Two modes: ``signals`` routes as the assistant graph does, with the hard signals of an assistant
+that has the wikiqa articles as its documents folder and, as its tools, the built-ins plus the BFCL
+functions of the suite's tool requests (the same for every request); ``choice`` asks the model
+alone. Scored: routing accuracy per category, and the cost of the decision (ms, generated tokens).
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import random
 import time
 from pathlib import Path
 
+from slmflow.evals.docs_qa import WIKIQA_FILES
 from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data
-from slmflow.graphs.assistant import decide_route
+from slmflow.graphs.assistant import RouteSignals, decide_route
+from slmflow.runtime.tool_calling import ToolSpec
+from slmflow.runtime.tool_selection import ToolSelector
+from slmflow.tools import calculator, current_time
 
 _PROBLEMS = [
     "{a} people share {b} sweets equally. How many sweets does each person get and how many are left over?",
@@ -27,11 +34,14 @@ _PROBLEMS = [
 
 class RoutingSuite:
     name = "routing"
-    modes = ["choice"]
+    modes = ["signals", "choice"]
 
     def __init__(self, data: Path | None = None) -> None:
         self.wikiqa = find_shared_data("wikiqa", "qa_dev.jsonl", data / "wikiqa" if data else None)
         self.bfcl = find_shared_data("bfcl", "BFCL_v4_simple_python.json", data / "bfcl" if data else None)
+        self.tools: list = [calculator, current_time]
+        self._selector: ToolSelector | None = None
+        self._docs = None
 
     def items(self, limit: int | None) -> list[EvalItem]:
         n = limit or 50
@@ -44,6 +54,8 @@ class RoutingSuite:
                  for q in wiki[:n]]
         items += [EvalItem(id=q["id"], category="tools", data={"request": q["question"][0][0]["content"],
                                                                "want": "tools"}) for q in bfcl[:n]]
+        self.tools = [calculator, current_time, *(ToolSpec(name=f["name"], description=f["description"])
+                                                  for q in bfcl[:n] for f in q["function"])]
         items += [EvalItem(id=f"vision_{q['id']}", category="vision",
                            data={"request": f"In this scanned page: {q['question']}", "image": True, "want": "vision"})
                   for q in wiki[n:2 * n]]
@@ -58,9 +70,19 @@ class RoutingSuite:
         if item.data.get("image"):  # an attachment is a hard signal: the graph plans a vision step
             route, tokens = "vision", 0
         else:
-            route, usage = decide_route(model, item.data["request"])
-            tokens = usage.completion_tokens
+            signals = self._signals(item.data["request"], model) if mode == "signals" else None
+            route, usage, _ = decide_route(model, item.data["request"], signals)
+            tokens = usage.completion_tokens if usage else 0
         latency = time.perf_counter() - start
         return ItemResult(id=item.id, category=item.category, mode=mode, passed=route == item.data["want"],
                           metrics={"route_ms": latency * 1000, "route_tokens": float(tokens)}, latency_s=latency,
                           tokens=tokens, output=route)
+
+    def _signals(self, request: str, model) -> RouteSignals:
+        if self._selector is None:
+            from slmflow.agents.docs_qa import DocsQA
+
+            self._selector = ToolSelector()
+            self._docs = DocsQA(self.wikiqa / "corpus", model, include=WIKIQA_FILES)
+            self._docs.update_index()
+        return RouteSignals.measure(request, self._selector, self.tools, self._docs.retriever)

@@ -6,9 +6,10 @@
   vision subtask; the text of the request is the one remaining subtask.
 * vision: the vision role reads the image; with no vision model configured, OCR reads it and the
   trace says so (``fallback: ocr``).
-* route: one constrained ``Choice`` by the mini model among chat / tools / docs / reasoning, so a
-  one-subtask request costs exactly one short constrained decision. ``docs`` without a documents
-  folder goes to the mini agent.
+* route: hard signals first — a tool that clearly fits the request (the tool selector's embedding
+  score) means tools, documents close to it (nearest chunk's similarity) mean docs; otherwise one constrained
+  ``Choice`` by the mini model among chat / tools / docs / reasoning (docs only with a folder), so
+  a one-subtask request costs at most one short constrained decision.
 * mini: an Agent with the read-only built-in tools; moe: step-by-step reasoning, then the final
   answer under a JSON Schema; docs: the docs-qa agent over the configured folder.
 
@@ -62,10 +63,46 @@ def route_messages(request: str) -> list[dict]:
     return [*messages, {"role": "user", "content": request}]
 
 
-def decide_route(model: Model, request: str) -> tuple[str, Usage]:
-    """One constrained Choice among ROUTES by ``model`` (the mini role)."""
-    response = model.generate(route_messages(request), constraint=Choice(ROUTES), max_tokens=4)
-    return response.text(), response.result().usage
+# Bars for the hard signals (all-MiniLM-L6-v2 cosine), read off the routing suite's first 50 dev
+# requests per category. Tool: best tool score of BFCL tool requests p10 0.55 (min 0.50), of
+# arithmetic word problems max 0.47, of wikiqa questions max 0.46 (lower than the tool selector's
+# 0.35 "may call" bar: routing away from the model needs a clear fit). Documents: nearest chunk of
+# wikiqa questions p10 0.45 (median 0.62), of BFCL requests p90 0.44, of word problems max 0.40.
+TOOL_MIN_SCORE = 0.5
+DOCS_MIN_SIMILARITY = 0.45
+
+
+class RouteSignals(BaseModel):
+    """What the assistant knows about a request before asking a model: how well its best tool fits
+    (the tool selector's embedding score) and how close its documents come (None: no folder)."""
+
+    best_tool: str | None = None
+    tool_score: float = 0.0
+    docs_similarity: float | None = None
+
+    @classmethod
+    def measure(cls, request: str, selector: ToolSelector, tools: Sequence, docs=None) -> RouteSignals:
+        """``docs``: a Retriever over the documents folder, or None."""
+        scores = selector.select(request, tools).scores
+        best = max(scores, key=scores.get, default=None)
+        return cls(best_tool=best, tool_score=scores.get(best, 0.0) if best else 0.0,
+                   docs_similarity=docs.relevance(request) if docs is not None else None)
+
+
+def decide_route(model: Model, request: str, signals: RouteSignals | None = None) -> tuple[str, Usage | None, str]:
+    """The route, what deciding it cost (None when no model was asked) and why.
+
+    Hard signals first: a tool that clearly fits means tools, documents close to the request mean
+    docs. Otherwise one constrained Choice by ``model`` (the mini role) among the routes still open
+    (docs only with a documents folder)."""
+    if signals is not None:
+        if signals.tool_score >= TOOL_MIN_SCORE:
+            return "tools", None, f"tool {signals.best_tool} fits ({signals.tool_score:.2f})"
+        if signals.docs_similarity is not None and signals.docs_similarity >= DOCS_MIN_SIMILARITY:
+            return "docs", None, f"documents match ({signals.docs_similarity:.2f})"
+    routes = [r for r in ROUTES if r != "docs" or signals is None or signals.docs_similarity is not None]
+    response = model.generate(route_messages(request), constraint=Choice(routes), max_tokens=4)
+    return response.text(), response.result().usage, "chosen by the model"
 
 
 class FinalAnswer(BaseModel):
@@ -159,9 +196,26 @@ class AssistantGraph:
     def route(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         model = load_model(role="mini")
-        route, usage = decide_route(model, _request(state))
-        return {"route": route, "trace": [_event("route", model, started, usage, note=route)],
-                "tokens_used": usage.completion_tokens}
+        request = _request(state)
+        signals = RouteSignals.measure(request, self._tool_selector(), self.tools,
+                                       self._docs_qa().retriever if self.docs_folder else None)
+        route, usage, why = decide_route(model, request, signals)
+        return {"route": route, "trace": [_event("route", model if usage else None, started, usage,
+                                                 note=f"{route} ({why})")],
+                "tokens_used": usage.completion_tokens if usage else 0}
+
+    def _tool_selector(self) -> ToolSelector:
+        if self._selector is None:
+            self._selector = ToolSelector()
+        return self._selector
+
+    def _docs_qa(self):
+        from slmflow.agents.docs_qa import DocsQA
+
+        if self._docs is None:
+            self._docs = DocsQA(self.docs_folder, load_model(role="mini"))
+            self._docs.update_index(progress=False)
+        return self._docs
 
     def pick(self, state: AssistantState) -> Literal["mini", "moe", "docs"]:
         route = state["route"]
@@ -177,10 +231,8 @@ class AssistantGraph:
     def mini(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         model = load_model(role="mini")
-        if self._selector is None:
-            self._selector = ToolSelector()
         agent = Agent(model, tools=self.tools, allow_mutating_tools=self.allow_mutating, approve=_ask_user,
-                      tool_selector=self._selector,
+                      tool_selector=self._tool_selector(),
                       limits=AgentLimits(max_steps=4, max_tokens=min(256, self._budget(state))))
         history = [{"role": {"human": "user", "ai": "assistant"}[m.type], "content": m.content}
                    for m in state["messages"][:-1] if m.type in ("human", "ai")]
@@ -209,13 +261,8 @@ class AssistantGraph:
                 "tokens_used": usage.completion_tokens}
 
     def docs(self, state: AssistantState) -> dict:
-        from slmflow.agents.docs_qa import DocsQA
-
         started = time.perf_counter()
-        if self._docs is None:
-            self._docs = DocsQA(self.docs_folder, load_model(role="mini"))
-            self._docs.update_index(progress=False)
-        answer = self._docs.ask(_request(state))
+        answer = self._docs_qa().ask(_request(state))
         cited = "; ".join(s.label() for s in answer.cited)
         return {"messages": [AIMessage(content=answer.answer + (f"\n{cited}" if cited else ""))],
                 "trace": [_event("docs", self._docs.model, started, tokens=answer.completion_tokens,

@@ -7,6 +7,7 @@ and a tiny random-weight LLaVA (built in conftest) for the moe and vision code p
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,33 @@ def test_document_image_with_arithmetic_goes_through_vision_fallback_and_moe(onn
     route = out["trace"][2]
     assert route["tokens"] <= 2  # one short constrained decision, not a planning essay
     assert out["messages"][-1].type == "ai"
+
+
+def test_question_about_the_documents_is_routed_by_their_similarity_without_a_model_call(onnx_model, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    docs = Path(shutil.copytree(Path(__file__).parent.parent / "examples" / "docs", tmp_path / "docs"))
+    out = AssistantGraph(docs_folder=docs).build().invoke({"messages": [("user", "How tall is the Eiffel Tower?")]})
+    route = out["trace"][1]
+    assert [e["node"] for e in out["trace"]] == ["plan", "route", "docs"]
+    assert route["tokens"] == 0 and route["note"].startswith("docs (documents match")
+    assert "eiffel-tower.md" in out["messages"][-1].content
+
+
+def test_route_signals_decide_before_the_model_and_narrow_its_choice(onnx_model):
+    from slmflow.graphs.assistant import RouteSignals, decide_route
+    from slmflow.runtime.tool_selection import ToolSelector
+
+    @tool
+    def convert_currency(amount: float, source: str, target: str) -> float:
+        """Convert an amount of money from one currency to another at today's exchange rate."""
+        return amount
+
+    signals = RouteSignals.measure("Convert 250 euros to US dollars.", ToolSelector(), [calculator, convert_currency])
+    assert signals.best_tool == "convert_currency" and signals.docs_similarity is None
+    assert decide_route(onnx_model, "Convert 250 euros to US dollars.", signals)[:2] == ("tools", None)
+    route, usage, why = decide_route(onnx_model, "Tell me a joke.", RouteSignals(tool_score=0.1))
+    assert route in ("chat", "tools", "reasoning") and usage.completion_tokens >= 1 and why == "chosen by the model"
 
 
 def test_moe_role_runs_the_configured_phimoe(onnx_model, tiny_phimoe, tmp_path, monkeypatch):

@@ -79,6 +79,16 @@ class Retriever:
         return [Hit(chunk=self.corpus[self._position[cid]], score=score, dense_rank=rankings.get("dense", {}).get(cid),
                     bm25_rank=rankings.get("bm25", {}).get(cid)) for cid, score in best]
 
+    def relevance(self, query: str) -> float:
+        """Cosine similarity of the chunk nearest to ``query`` (0.0 for an empty corpus): unlike
+        fused ranks, comparable across queries, so a router can ask whether the documents speak
+        to a request at all."""
+        if not self.corpus or not query.strip():
+            return 0.0
+        found = self.index.chunks.query(query_embeddings=self.index.embedder.embed([query]), n_results=1,
+                                        include=["distances"])
+        return 1.0 - float(found["distances"][0][0])  # the collection's space is cosine
+
     def _dense(self, query: str, where: dict | None) -> dict[str, int]:
         vector = self.index.embedder.embed([query])
         found = self.index.chunks.query(query_embeddings=vector, n_results=min(self.candidates, len(self.corpus)),
