@@ -131,6 +131,3 @@ class Sampler:
             self._counts.index_add_(0, token.view(1), torch.ones(1, device=token.device))
             self._seen.index_fill_(0, token.view(1), True)
         return PendingToken(token, self._host)
-
-    def __call__(self, logits: torch.Tensor) -> int:
-        return self.pick(logits).wait()

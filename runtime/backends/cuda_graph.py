@@ -42,8 +42,8 @@ def bucket(n: int) -> int:
 
 class DecodeGraph:
     """A static KV cache, the fixed input buffers of the decode step and the graph captured over
-    them. Capturing costs a few warm-up steps plus the capture itself (tens of ms for a 3B model),
-    so these outlive the sequence that made them: see :class:`GraphPool`."""
+    them. Capturing costs three warm-up steps plus the capture itself, so these outlive the
+    sequence that made them: see :class:`GraphPool`."""
 
     def __init__(self, model, capacity: int) -> None:
         from transformers import StaticCache
@@ -67,9 +67,10 @@ class GraphPool:
     """Decode graphs of sequences that are gone, kept for the next sequence of a similar capacity.
 
     A new sequence takes an idle graph (captured ones first) whose capacity is at least what it
-    asks for and at most twice that (attention reads the whole static cache, so a much larger one would slow every
-    step); a forked or re-created conversation then starts decoding without a new capture. At most
-    ``max_idle`` graphs wait here; their memory is outside the prefix cache's budget."""
+    asks for and at most twice that (attention reads the whole static cache, so a much larger one
+    would slow every step); a forked or re-created conversation then starts decoding without a new
+    capture. At most ``max_idle`` graphs wait here; their memory is outside the prefix cache's
+    budget."""
 
     def __init__(self, max_idle: int = 2) -> None:
         self.max_idle = max_idle
