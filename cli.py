@@ -262,7 +262,10 @@ def assistant_command(question, images, docs_folder, thread, max_steps) -> None:
     """The router graph: each request goes to the mini, vision, moe or docs node that suits it."""
     from slmflow.graphs.assistant import AssistantGraph
 
-    graph = AssistantGraph(docs_folder=docs_folder).build(checkpointer=_checkpointer(thread))
+    assistant = AssistantGraph(docs_folder=docs_folder)
+    if docs_folder is not None:
+        assistant.docs_qa(progress=True)  # index now, with progress, rather than inside the first request
+    graph = assistant.build(checkpointer=_checkpointer(thread))
     _converse(graph, lambda q: {"messages": [("user", q)], "images": list(images)}, question, thread, max_steps)
 
 

@@ -97,9 +97,9 @@ def decide_route(model: Model, request: str, signals: RouteSignals | None = None
     (docs only with a documents folder)."""
     if signals is not None:
         if signals.tool_score >= TOOL_MIN_SCORE:
-            return "tools", None, f"tool {signals.best_tool} fits ({signals.tool_score:.2f})"
+            return "tools", None, f"tool {signals.best_tool} fits, score {signals.tool_score:.2f}"
         if signals.docs_similarity is not None and signals.docs_similarity >= DOCS_MIN_SIMILARITY:
-            return "docs", None, f"documents match ({signals.docs_similarity:.2f})"
+            return "docs", None, f"documents match, similarity {signals.docs_similarity:.2f}"
     routes = [r for r in ROUTES if r != "docs" or signals is None or signals.docs_similarity is not None]
     response = model.generate(route_messages(request), constraint=Choice(routes), max_tokens=4)
     return response.text(), response.result().usage, "chosen by the model"
@@ -198,7 +198,7 @@ class AssistantGraph:
         model = load_model(role="mini")
         request = _request(state)
         signals = RouteSignals.measure(request, self._tool_selector(), self.tools,
-                                       self._docs_qa().retriever if self.docs_folder else None)
+                                       self.docs_qa().retriever if self.docs_folder else None)
         route, usage, why = decide_route(model, request, signals)
         return {"route": route, "trace": [_event("route", model if usage else None, started, usage,
                                                  note=f"{route} ({why})")],
@@ -209,12 +209,14 @@ class AssistantGraph:
             self._selector = ToolSelector()
         return self._selector
 
-    def _docs_qa(self):
+    def docs_qa(self, progress: bool = False):
+        """The docs-qa agent over ``docs_folder``, its index brought up to date on first use (the
+        CLI calls this up front, with a progress bar, so the first request does not wait silently)."""
         from slmflow.agents.docs_qa import DocsQA
 
         if self._docs is None:
             self._docs = DocsQA(self.docs_folder, load_model(role="mini"))
-            self._docs.update_index(progress=False)
+            self._docs.update_index(progress=progress)
         return self._docs
 
     def pick(self, state: AssistantState) -> Literal["mini", "moe", "docs"]:
@@ -262,7 +264,7 @@ class AssistantGraph:
 
     def docs(self, state: AssistantState) -> dict:
         started = time.perf_counter()
-        answer = self._docs_qa().ask(_request(state))
+        answer = self.docs_qa().ask(_request(state))
         cited = "; ".join(s.label() for s in answer.cited)
         return {"messages": [AIMessage(content=answer.answer + (f"\n{cited}" if cited else ""))],
                 "trace": [_event("docs", self._docs.model, started, tokens=answer.completion_tokens,
