@@ -1,6 +1,7 @@
 """GPU decode speed: our loop on the CUDA-graph fast path vs transformers' eager ``generate``.
 
     python bench/gpu_decode.py --tokenizer DIR [--shapes phi3.5-mini,smollm2-135m] [--prompt 512] [--new 256]
+        [--decode-attention 0|1] [--weight-only int8,int4] [--skip-hf]
 
 Random-weight bf16 models of real shapes (no weights can be downloaded on the GPU machine):
 Phi-3.5-mini (Phi3Config) and SmolLM2-135M (LlamaConfig). Both use SmolLM2's tokenizer (49,152
@@ -98,6 +99,7 @@ def main() -> None:
                         help="SLMFLOW_DECODE_ATTENTION: the split-KV decode attention kernel")
     parser.add_argument("--weight-only", default="", help="also measure these on the first shape: int8,int4")
     parser.add_argument("--skip-bf16", action="store_true", help="only the --weight-only rows")
+    parser.add_argument("--skip-hf", action="store_true", help="leave out HF generate (when comparing our variants)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     import os
@@ -120,9 +122,6 @@ def main() -> None:
         weight_bytes = sum(t.numel() * t.element_size() for t in [*hf.parameters(), *hf.buffers()]
                            if t.dtype != torch.float32 or t.dim() > 1)
         roofline = BANDWIDTH / weight_bytes
-        tokenizer = ChatTokenizer(hf_tok, eos_token_ids=[])  # random weights: run the full length
-        model = Model(TransformersBackend(hf, tokenizer, ModelSpec(kind=SpecKind.HF, location=shape)))
-        model.cache.enabled = False
         g = torch.Generator().manual_seed(1)
         prompt = torch.randint(10, vocab, (args.prompt,), generator=g).tolist()
         input_ids = torch.tensor([prompt], device="cuda")
@@ -131,15 +130,19 @@ def main() -> None:
         def hf_generate(k):
             hf.generate(input_ids, max_new_tokens=k, min_new_tokens=k, do_sample=False)
 
+        name = shape if not bits else f"{shape} int{bits}"
+        row = {"shape": name, "weight_bytes": weight_bytes, "roofline_tok_s": round(roofline, 1),
+               "bf16_roofline_tok_s": round(BANDWIDTH / bf16_bytes, 1)}
+        if not bits and not args.skip_hf:  # before our backend, which may switch the model's attention
+            row["hf_generate_eager_tok_s"] = round(decode_rate(hf_generate, n), 1)
+        tokenizer = ChatTokenizer(hf_tok, eos_token_ids=[])  # random weights: run the full length
+        model = Model(TransformersBackend(hf, tokenizer, ModelSpec(kind=SpecKind.HF, location=shape)))
+        model.cache.enabled = False
+
         def ours(k, **kw):
             result = model.generate(prompt, max_tokens=k, **kw).result()
             assert len(result.token_ids) == k, (len(result.token_ids), k)
 
-        name = shape if not bits else f"{shape} int{bits}"
-        row = {"shape": name, "weight_bytes": weight_bytes, "roofline_tok_s": round(roofline, 1),
-               "bf16_roofline_tok_s": round(BANDWIDTH / bf16_bytes, 1)}
-        if not bits:
-            row["hf_generate_eager_tok_s"] = round(decode_rate(hf_generate, n), 1)
         row["ours_greedy_tok_s"] = round(decode_rate(ours, n), 1)
         if not bits:
             row["ours_top_p_tok_s"] = round(decode_rate(
