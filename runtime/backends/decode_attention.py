@@ -114,10 +114,11 @@ def _(query, key, value, mask, scale):
     return query.new_empty((1, 1, query.shape[1], query.shape[3]))
 
 
-def covers(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> bool:
+def covers(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+           dropout: float) -> bool:
     """Whether :func:`split_kv_attention` computes exactly what SDPA would for these inputs."""
     return (query.is_cuda and query.shape[0] == 1 and query.shape[2] == 1 and dropout == 0.0
-            and query.stride(3) == 1 and key.stride(3) == 1
+            and query.stride(3) == 1 and key.stride(3) == 1 and value.stride(3) == 1
             and (mask is None or (mask.dtype == torch.bool and mask.shape[-2] == 1)))
 
 
@@ -125,7 +126,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     """transformers attention function: split-KV kernel for one-token steps, SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not covers(query, key, attention_mask, dropout):
+    if not covers(query, key, value, attention_mask, dropout):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
