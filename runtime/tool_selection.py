@@ -48,7 +48,7 @@ class ToolSelector:
         missing = [t for t in texts if t not in self._tool_vectors]
         if missing:
             self._tool_vectors.update(zip(missing, self.embedder.embed(missing), strict=True))
-        query = self.embedder.embed([request])[0]
+        query = self.embedder.embed_query(request)
         scores = {t.name: float(self._tool_vectors[text] @ query) for t, text in zip(tools, texts, strict=True)}
         best = max(scores.values(), default=0.0)
         floor = max(self.threshold, best - self.margin)

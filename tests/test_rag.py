@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from slmflow.agents.docs_qa import NOT_FOUND, DocsQA, answer_constraint
@@ -318,3 +319,12 @@ def test_docs_qa_graph_retrieves_then_answers_with_citations(onnx_model, tmp_pat
     out = build_docs_qa_graph(qa).invoke({"messages": [("user", "How tall is the Eiffel Tower?")]})
     assert [event["node"] for event in out["trace"]] == ["retrieve", "answer"]
     assert out["messages"][-1].content.splitlines()[-1].startswith("[1] eiffel-tower.md")
+
+
+def test_a_query_is_embedded_once_and_shared(embedder):
+    text = "How tall is the Eiffel Tower? (query cache)"
+    first = embedder.embed_query(text)
+    assert embedder.embed_query(text) is first  # the router's signals and the answering node share it
+    assert np.allclose(first, embedder.embed([text])[0], atol=1e-6)
+    with pytest.raises(ValueError):
+        first[0] = 0.0

@@ -85,12 +85,12 @@ class Retriever:
         to a request at all."""
         if not self.corpus or not query.strip():
             return 0.0
-        found = self.index.chunks.query(query_embeddings=self.index.embedder.embed([query]), n_results=1,
+        found = self.index.chunks.query(query_embeddings=[self.index.embedder.embed_query(query)], n_results=1,
                                         include=["distances"])
         return 1.0 - float(found["distances"][0][0])  # the collection's space is cosine
 
     def _dense(self, query: str, where: dict | None) -> dict[str, int]:
-        vector = self.index.embedder.embed([query])
+        vector = [self.index.embedder.embed_query(query)]
         found = self.index.chunks.query(query_embeddings=vector, n_results=min(self.candidates, len(self.corpus)),
                                         where=where or None, include=["documents", "metadatas"])
         chunks = chunks_from_query(found["ids"][0], found["documents"][0], found["metadatas"][0])
