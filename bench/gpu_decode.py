@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--compile", choices=["0", "1"], default="1", help="SLMFLOW_TORCH_COMPILE for this run")
-    parser.add_argument("--decode-attention", choices=["0", "1"], default="0",
+    parser.add_argument("--decode-attention", choices=["0", "1"], default="1",
                         help="SLMFLOW_DECODE_ATTENTION: the split-KV decode attention kernel")
     parser.add_argument("--weight-only", default="", help="also measure these on the first shape: int8,int4")
     parser.add_argument("--skip-bf16", action="store_true", help="only the --weight-only rows")
