@@ -304,6 +304,11 @@ class ConstraintMatcher:
     def finished(self) -> bool:
         return self._m.is_stopped()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the output so far is complete under the constraint (it may still go on)."""
+        return self._m.is_accepting()
+
 
 def parse_output(output_type: type[BaseModel], text: str) -> BaseModel:
     try:

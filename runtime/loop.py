@@ -7,6 +7,7 @@ usage). Nothing here knows which backend produced the logits.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
@@ -18,8 +19,10 @@ from slmflow.runtime.backends.base import Sequence
 from slmflow.runtime.constraints import ConstraintMatcher
 from slmflow.runtime.prefix_cache import CacheStats
 from slmflow.runtime.sampling import Sampler
-from slmflow.runtime.stopping import StopStringMatcher
+from slmflow.runtime.stopping import LoopDetector, StopStringMatcher
 from slmflow.runtime.tokenizer import ChatTokenizer, IncrementalDetokenizer
+
+log = logging.getLogger("slmflow")
 
 FinishReason = Literal["stop", "length"]
 
@@ -125,12 +128,15 @@ def run_generation(
     path: list[int],
     matcher: ConstraintMatcher | None = None,
     jump_forward: bool = True,
+    loops: LoopDetector | None = None,
 ) -> Iterator[str]:
     """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
 
     ``seq`` already holds ``prompt_ids[:cached]``; only the rest is prefilled. Every sampled token
     is appended to ``path`` as it is chosen, so a caller that keeps ``seq`` knows which tokens its
-    KV holds even when the consumer abandons the stream midway.
+    KV holds even when the consumer abandons the stream midway. With ``loops``, generation stops
+    (finish "stop", one log line) once the output repeats itself (see :class:`LoopDetector`) and,
+    under a constraint, is complete.
     """
     start = time.perf_counter()
     logits = prefill(seq, prompt_ids[cached:])
@@ -155,6 +161,11 @@ def run_generation(
             pieces.append(delta)
             yield delta
         if stopper.stopped:
+            finish = "stop"
+            break
+        if loops is not None and loops.feed(token) and (matcher is None or matcher.accepting):
+            log.info("%s: stopped a loop (a %d-token block repeating) after %d tokens", model_name,
+                     loops.period, len(detok.ids))
             finish = "stop"
             break
     else:

@@ -34,6 +34,7 @@ from slmflow.runtime.prefix_cache import (
 )
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
+from slmflow.runtime.stopping import LoopDetector
 from slmflow.runtime.tool_calling import tool_prompt
 
 Prompt = str | Seq[Message] | Seq[dict] | Seq[int]
@@ -99,16 +100,20 @@ class Model:
         constraint: Constraint | None = None,
         output: type[BaseModel] | None = None,
         jump_forward: bool = True,
+        stop_on_loops: bool = True,
     ):
         """Generate a reply, reusing any cached prefix.
 
         Returns a :class:`Response` that streams when iterated; with ``output=SomeModel``, the
         reply is generated under that model's JSON Schema and returned as a validated instance.
         A bad ``constraint`` raises ConstraintError here, before any token is generated.
+        ``stop_on_loops`` ends a reply that keeps repeating one block of tokens (see
+        :class:`~slmflow.runtime.stopping.LoopDetector`) instead of running to ``max_tokens``; under
+        a constraint, only where the output is complete (a loop inside a JSON value runs on).
         """
         ids = self.prompt_ids(prompt, system)
         run = _Run(self.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
-                   self._matcher(constraint, output))
+                   self._matcher(constraint, output), stop_on_loops)
         response = Response(self._pooled(ids, run))
         return response if output is None else parse_output(output, response.text())
 
@@ -129,9 +134,10 @@ class Model:
 
     def _stream(self, state: CachedState, cached: int, ids, run: _Run, path) -> Iterator[str]:
         sampler = Sampler(run.sampling, self.backend.vocab_size, ids, self.backend.device)
+        loops = LoopDetector() if run.stop_on_loops else None
         return (yield from run_generation(
             state.seq, ids, cached, self.tokenizer, sampler, run.max_tokens, run.stop, str(self.spec), path,
-            run.matcher, run.jump_forward,
+            run.matcher, run.jump_forward, loops,
         ))
 
     def session(self) -> Session:
@@ -148,6 +154,7 @@ class _Run:
     stop: Seq[str]
     jump_forward: bool
     matcher: object | None
+    stop_on_loops: bool
 
 
 @dataclass(frozen=True)
@@ -183,11 +190,12 @@ class Session:
         system: str | None = None,
         constraint: Constraint | None = None,
         jump_forward: bool = True,
+        stop_on_loops: bool = True,
     ) -> Response:
         """Continue the session (see the class docstring); options as in :meth:`Model.generate`."""
         ids = list(self.tokens) if prompt is None else self.model.prompt_ids(prompt, system)
         run = _Run(self.model.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
-                   self.model._matcher(constraint, None))
+                   self.model._matcher(constraint, None), stop_on_loops)
         return Response(self._run(ids, run))
 
     def _run(self, ids, run: _Run) -> Iterator[str]:

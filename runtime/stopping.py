@@ -1,4 +1,4 @@
-"""Stop strings that may span token boundaries.
+"""When generation ends early: stop strings that may span token boundaries, and degenerate loops.
 
 Text is held back while its tail could still grow into a stop string, so a stop string split over
 several tokens is caught and never emitted, while everything that cannot be part of one streams out
@@ -44,3 +44,35 @@ class StopStringMatcher:
         """At the end of generation, held text was not a stop string after all: release it."""
         held, self._held = self._held, ""
         return held
+
+
+class LoopDetector:
+    """Notices when generation is stuck repeating one block of tokens.
+
+    Small models under greedy decoding fall into loops ("I'm going to ... I'm going to ...") that
+    run until ``max_tokens``: the user waits for text nobody wants. A loop here is a suffix of the
+    generated tokens that repeats a block of at most ``max_period`` tokens at least ``min_repeats``
+    times and is at least ``min_span`` tokens long; real text almost never does that. For each
+    period k it keeps the length of the current run where token[i] == token[i - k], so a token
+    costs O(max_period).
+    """
+
+    def __init__(self, max_period: int = 32, min_repeats: int = 4, min_span: int = 64) -> None:
+        self.max_period = max_period
+        self.min_repeats = min_repeats
+        self.min_span = min_span
+        self._tokens: list[int] = []
+        self._runs = [0] * (max_period + 1)
+        self.period = 0
+
+    def feed(self, token: int) -> bool:
+        """Take the next generated token; True once the tokens end in a loop (``period`` says its length)."""
+        tokens = self._tokens
+        tokens.append(token)
+        n = len(tokens)
+        for k in range(1, min(self.max_period, n - 1) + 1):
+            self._runs[k] = self._runs[k] + 1 if tokens[n - 1 - k] == token else 0
+            if self._runs[k] + k >= max(self.min_span, self.min_repeats * k):
+                self.period = k
+                return True
+        return False

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from slmflow.runtime.stopping import StopStringMatcher
+from slmflow.runtime.constraints import Grammar, Regex
+from slmflow.runtime.stopping import LoopDetector, StopStringMatcher
 
 PROMPT = "Write a short poem about autumn leaves."
 
@@ -22,6 +23,34 @@ def test_matcher_releases_held_text_that_was_not_a_stop():
     assert m.feed("E") == ""
     assert m.flush() == "E"
     assert not m.stopped
+
+
+def test_loop_detector_needs_a_long_repeating_tail():
+    detector = LoopDetector(max_period=8, min_repeats=4, min_span=24)
+    counting = [t for n in range(100) for t in (n, 7)]  # "1. 1\n2. 2\n...": similar, never the same
+    assert not any(detector.feed(t) for t in counting)
+    detector = LoopDetector(max_period=8, min_repeats=4, min_span=24)
+    fired = [detector.feed(t) for t in [1, 2, 3, 4, 5, 6] * 5]
+    assert fired.index(True) == 23 and detector.period == 6  # 24 tokens = 4 repeats of the block
+
+
+def test_a_looping_reply_stops_early_as_a_prefix_of_the_full_reply(onnx_model):
+    prompt = "Write the letter a 300 times."  # the embedded model loops on this under greedy
+    full = onnx_model.generate(prompt, max_tokens=200, stop_on_loops=False).result()
+    cut = onnx_model.generate(prompt, max_tokens=200).result()
+    assert full.finish_reason == "length" and len(full.token_ids) == 200
+    assert cut.finish_reason == "stop" and 64 <= len(cut.token_ids) < 200
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)]
+    assert full.text.startswith(cut.text)
+
+
+def test_a_loop_under_a_constraint_is_cut_only_where_the_output_is_complete(onnx_model):
+    free_text = Grammar("start: text\ntext: /[\\s\\S]+/\n")  # complete after any character
+    cut = onnx_model.generate("Write the letter a 300 times.", max_tokens=200, constraint=free_text).result()
+    assert cut.finish_reason == "stop" and len(cut.token_ids) < 200
+    exact = onnx_model.generate("Say ab many times.", max_tokens=200, constraint=Regex("(ab){70}"),
+                                jump_forward=False).result()
+    assert exact.text == "ab" * 70  # a loop the constraint demands, complete only at its end
 
 
 def _spanning_stop(model, token_ids: list[int], full_text: str) -> str:

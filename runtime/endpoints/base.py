@@ -149,9 +149,10 @@ class EndpointModel:
 
     def generate(self, prompt, *, max_tokens: int = 256, sampling: SamplingParams | None = None,
                  stop: Seq[str] = (), system: str | None = None, constraint: Constraint | None = None,
-                 output: type[BaseModel] | None = None, jump_forward: bool = True):
+                 output: type[BaseModel] | None = None, jump_forward: bool = True, stop_on_loops: bool = True):
         """As :meth:`Model.generate`: a streaming :class:`Response`, or a validated ``output`` instance.
-        ``jump_forward`` is accepted for the same signature; the engine decides how it decodes."""
+        ``jump_forward`` and ``stop_on_loops`` are accepted for the same signature; the engine
+        decides how it decodes and when it stops."""
         messages = _prompt_messages(prompt, system)
         if output is not None:
             constraint = JsonSchema(output)
