@@ -66,13 +66,14 @@ class LoopDetector:
         self.period = 0
 
     def feed(self, token: int) -> bool:
-        """Take the next generated token; True once the tokens end in a loop (``period`` says its length)."""
+        """Take the next generated token; True while the tokens end in a loop (``period`` says its length)."""
         tokens = self._tokens
         tokens.append(token)
         n = len(tokens)
+        self.period = 0
         for k in range(1, min(self.max_period, n - 1) + 1):
-            self._runs[k] = self._runs[k] + 1 if tokens[n - 1 - k] == token else 0
-            if self._runs[k] + k >= max(self.min_span, self.min_repeats * k):
+            run = self._runs[k] + 1 if tokens[n - 1 - k] == token else 0
+            self._runs[k] = run
+            if not self.period and run + k >= max(self.min_span, self.min_repeats * k):
                 self.period = k
-                return True
-        return False
+        return self.period > 0

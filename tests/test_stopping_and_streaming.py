@@ -34,6 +34,34 @@ def test_loop_detector_needs_a_long_repeating_tail():
     assert fired.index(True) == 23 and detector.period == 6  # 24 tokens = 4 repeats of the block
 
 
+def test_loop_detector_agrees_with_a_brute_force_check_token_by_token():
+    import random
+
+    def looping(tokens, max_period=6, min_repeats=3, min_span=12):
+        for k in range(1, min(max_period, len(tokens) - 1) + 1):
+            span = k  # length of the suffix with period k
+            while span < len(tokens) and tokens[-1 - span] == tokens[-1 - span + k]:
+                span += 1
+            if span >= max(min_span, min_repeats * k):
+                return True
+        return False
+
+    rng = random.Random(0)
+    verdicts = []
+    for _ in range(20):
+        detector = LoopDetector(max_period=6, min_repeats=3, min_span=12)
+        tokens = [rng.randrange(4) for _ in range(6)]
+        for t in tokens:
+            detector.feed(t)
+        while len(tokens) < 400:  # stretches that repeat a block (lag 1-6, with slips), then change
+            lag, length = rng.randint(1, 6), rng.randint(5, 40)
+            for _ in range(length):
+                tokens.append(tokens[-lag] if rng.random() < 0.95 else rng.randrange(4))
+                verdicts.append(detector.feed(tokens[-1]))
+                assert verdicts[-1] == looping(tokens), tokens
+    assert 0.1 < sum(verdicts) / len(verdicts) < 0.9  # both answers were checked, many times
+
+
 def test_a_looping_reply_stops_early_as_a_prefix_of_the_full_reply(onnx_model):
     prompt = "Write the letter a 300 times."  # the embedded model loops on this under greedy
     full = onnx_model.generate(prompt, max_tokens=200, stop_on_loops=False).result()

@@ -81,7 +81,8 @@ def combine_kernel(part_ptr, ml_ptr, out_ptr, stride_oh, n_splits,
 
 def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],  # noqa: UP045
            scale: float, block_n: int = 64, target_programs: int = _TARGET_PROGRAMS, num_warps: int = 4) -> torch.Tensor:
-    """The two kernels with explicit launch parameters (the probe that picks the defaults calls this)."""
+    """The two kernels with explicit launch parameters, for sweeps over them (bench/RESULTS.md has
+    the one that chose these defaults)."""
     heads, d = query.shape[1], query.shape[3]
     kv_heads, kv_len = key.shape[1], key.shape[2]
     wanted = -(-target_programs // heads)
