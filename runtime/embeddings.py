@@ -7,10 +7,11 @@ sentence-transformers model folder can replace it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import threading
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,22 @@ class Embedder:
             while len(self._queries) > QUERY_CACHE_SIZE:
                 self._queries.popitem(last=False)
         return vector
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What the model is, not where it is installed: its name and a digest of its files (names,
+        sizes, first and last 64 KiB), so an index stays usable from another virtual environment
+        or after a reinstall, while vectors of a different model are never mixed into it."""
+        digest = hashlib.sha256()
+        for file in sorted(f for f in self.path.rglob("*") if f.is_file()):
+            size = file.stat().st_size
+            digest.update(f"{file.relative_to(self.path).as_posix()}\0{size}\0".encode())
+            with file.open("rb") as handle:
+                digest.update(handle.read(65536))
+                if size > 65536:
+                    handle.seek(max(size - 65536, 65536))
+                    digest.update(handle.read())
+        return f"{self.name}@{digest.hexdigest()[:16]}"
 
     @property
     def dimension(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from slmflow.agents.docs_qa import NOT_FOUND, DocsQA, answer_constraint
-from slmflow.runtime.embeddings import load_embedder
+from slmflow.runtime.embeddings import Embedder, load_embedder
 from slmflow.tools.rag.chunking import chunk_document
-from slmflow.tools.rag.index import DocumentIndex, IndexUnusableError
+from slmflow.tools.rag.index import INDEX_META, DocumentIndex, IndexUnusableError
 from slmflow.tools.rag.loaders import LoadError, load_document
 from slmflow.tools.rag.retrieval import Retriever
 
@@ -207,6 +208,28 @@ def test_index_built_with_other_settings_is_not_mixed(folder, store):
     DocumentIndex(folder, **store).update(progress=False)
     with pytest.raises(IndexUnusableError, match="other chunk_tokens"):
         DocumentIndex(folder, **store, chunk_tokens=100)
+
+
+def test_an_index_is_reused_by_another_install_of_its_embedder_and_refused_by_another_model(
+        folder, tmp_path, embedder):
+    index_dir = tmp_path / "index"
+    DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False)
+    reinstalled = tmp_path / "other-venv" / "model"  # the same wheel in another virtual environment
+    shutil.copytree(embedder.path, reinstalled)
+    again = DocumentIndex(folder, index_dir, embedder=Embedder(reinstalled)).update(progress=False)
+    assert (again.files_embedded, again.files_unchanged) == (0, 3)
+
+    meta = index_dir / INDEX_META  # as written before fingerprints: the embedder's install path
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "embedder": str(embedder.path)}))
+    assert DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False).files_unchanged == 3
+
+    other = tmp_path / "tuned" / "model"  # same name and shapes, other weights
+    shutil.copytree(embedder.path, other)
+    with (other / "model.safetensors").open("r+b") as weights:
+        weights.seek(-64, os.SEEK_END)
+        weights.write(bytes(64))
+    with pytest.raises(IndexUnusableError, match="other embedder"):
+        DocumentIndex(folder, index_dir, embedder=Embedder(other))
 
 
 def test_absent_chroma_server_is_named_with_the_fix(folder):

@@ -157,7 +157,7 @@ class DocumentIndex:
         self.folder = self.folder.resolve()
         self.dir = Path(index_dir).expanduser() if index_dir else default_index_dir(self.folder)
         self.embedder = embedder or load_embedder()
-        self.settings = IndexSettings(folder=str(self.folder), embedder=str(self.embedder.path),
+        self.settings = IndexSettings(folder=str(self.folder), embedder=self.embedder.fingerprint,
                                       dimension=self.embedder.dimension, chunk_tokens=chunk_tokens,
                                       overlap_tokens=overlap_tokens)
         # On a server: "<folder name>-<hash of its path>", one pair of collections per folder.
@@ -198,6 +198,8 @@ class DocumentIndex:
     def _check_settings(self, stored: IndexSettings | None) -> None:
         if stored is None:
             return
+        if stored.embedder == str(self.embedder.path):  # built before fingerprints, by this same install
+            stored = stored.model_copy(update={"embedder": self.settings.embedder})
         mismatched = [k for k in ("embedder", "dimension", "chunk_tokens", "overlap_tokens")
                       if getattr(stored, k) != getattr(self.settings, k)]
         if mismatched:
