@@ -67,10 +67,10 @@ class GraphPool:
     """Decode graphs of sequences that are gone, kept for the next sequence of a similar capacity.
 
     A new sequence takes an idle graph (captured ones first) whose capacity is at least what it
-    asks for and at most twice that (attention reads the whole static cache, so a much larger one
-    would slow every step); a forked or re-created conversation then starts decoding without a new
-    capture. At most ``max_idle`` graphs wait here; their memory is outside the prefix cache's
-    budget."""
+    asks for and at most twice that (SDPA reads the whole static cache, and the split-KV kernel
+    still launches over all of it, so a much larger one would slow every step); a forked or
+    re-created conversation then starts decoding without a new capture. At most ``max_idle``
+    graphs wait here; their memory is outside the prefix cache's budget."""
 
     def __init__(self, max_idle: int = 2) -> None:
         self.max_idle = max_idle
