@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=["0", "1"], default="1", help="SLMFLOW_TORCH_COMPILE for this run")
     parser.add_argument("--decode-attention", choices=["0", "1"], default="1",
                         help="SLMFLOW_DECODE_ATTENTION: the split-KV decode attention kernel")
+    parser.add_argument("--decode-gemv", choices=["0", "1"], default="1",
+                        help="SLMFLOW_DECODE_GEMV: the Triton GEMV for large linear layers")
     parser.add_argument("--weight-only", default="", help="also measure these on the first shape: int8,int4")
     parser.add_argument("--skip-bf16", action="store_true", help="only the --weight-only rows")
     parser.add_argument("--skip-hf", action="store_true", help="leave out HF generate (when comparing our variants)")
@@ -106,6 +108,7 @@ def main() -> None:
 
     os.environ["SLMFLOW_TORCH_COMPILE"] = args.compile
     os.environ["SLMFLOW_DECODE_ATTENTION"] = args.decode_attention
+    os.environ["SLMFLOW_DECODE_GEMV"] = args.decode_gemv
     from transformers import AutoTokenizer
 
     hf_tok = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -140,7 +143,8 @@ def main() -> None:
         model.cache.enabled = False
 
         def ours(k, **kw):
-            result = model.generate(prompt, max_tokens=k, **kw).result()
+            # Random weights loop soon; the bench times k tokens, so loops must not end the reply.
+            result = model.generate(prompt, max_tokens=k, stop_on_loops=False, **kw).result()
             assert len(result.token_ids) == k, (len(result.token_ids), k)
 
         row["ours_greedy_tok_s"] = round(decode_rate(ours, n), 1)
@@ -168,7 +172,7 @@ def main() -> None:
             print(f"{key:<34}" + "".join(f"{r.get(key, '-'):>16}" for r in results))
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                       "compile": args.compile,
-                      "decode_attention": args.decode_attention, "results": results}))
+                      "decode_attention": args.decode_attention, "decode_gemv": args.decode_gemv, "results": results}))
 
 
 if __name__ == "__main__":

@@ -186,3 +186,55 @@ def test_split_kv_decode_attention_greedy_equals_sdpa_end_to_end(tiny_phi3_hf, m
         return model.generate(PROMPT, max_tokens=40).result().token_ids
 
     assert greedy("1") == greedy("0")
+
+
+def _tiny_random(family: str, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    common = {"vocab_size": 300, "hidden_size": 96, "intermediate_size": 600, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    torch.manual_seed(0)
+    if family == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(num_key_value_heads=4, **common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common))
+    for name, param in model.named_parameters():
+        if "norm" in name:  # random gains, so a norm that is skipped or applied twice shows
+            param.data = 1 + 0.5 * torch.randn_like(param)
+    return model.to(device="cuda", dtype=dtype).eval()
+
+
+@pytest.mark.parametrize("family", ["phi3", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_gemv_with_fused_norms_and_gates_matches_the_modules(family, dtype):
+    from slmflow.runtime.backends.decode_gemv import use_decode_gemv
+
+    model = _tiny_random(family, dtype)
+    one, many = torch.tensor([[7]], device="cuda"), torch.tensor([[7, 8, 9]], device="cuda")
+    with torch.no_grad():
+        ref_one, ref_many = model(one).logits.float(), model(many).logits
+        assert use_decode_gemv(model, min_weight_bytes=0).endswith("5 RMSNorms and 2 SiLU gates fused")
+        out_one, out_many = model(one).logits.float(), model(many).logits
+    assert torch.equal(out_many, ref_many)  # prompts keep the modules' own code
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (out_one - ref_one).abs().max() <= tolerance * ref_one.abs().max(), (out_one - ref_one).abs().max()
+    assert out_one.argmax() == ref_one.argmax()
+
+
+def test_decode_gemv_greedy_equals_modules_end_to_end(tiny_phi3_hf, monkeypatch):
+    from slmflow.runtime.backends import decode_gemv
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setattr(decode_gemv, "MIN_WEIGHT_BYTES", 0)  # the tiny model's layers are all small
+
+    def greedy(opt_in: str) -> list[int]:
+        monkeypatch.setenv("SLMFLOW_DECODE_GEMV", opt_in)
+        hf = AutoModelForCausalLM.from_pretrained(tiny_phi3_hf, dtype=torch.float32).to("cuda").eval()
+        backend = TransformersBackend(hf, ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), [2]),
+                                      parse_spec(f"hf:{tiny_phi3_hf}"))
+        assert ("forward" in vars(hf.lm_head)) == (opt_in == "1")
+        model = Model(backend)
+        model.cache.enabled = False
+        return model.generate(PROMPT, max_tokens=40).result().token_ids
+
+    assert greedy("1") == greedy("0")

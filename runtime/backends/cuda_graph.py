@@ -242,14 +242,16 @@ def _compiled_step(model):
     return _compiled[key]
 
 
-def decode_attention_wanted() -> bool:
-    """The split-KV decode attention kernel (``decode_attention.py``) unless
-    SLMFLOW_DECODE_ATTENTION=0. On the H100 it made the captured step of the SmolLM2-135M shape 31%
-    faster and Phi-3.5-mini's 4% (bench/RESULTS.md); it needs Triton, which CUDA builds of torch ship."""
+def triton_kernel_wanted(variable: str) -> bool:
+    """Whether one of our Triton decode kernels should run: Triton importable (CUDA builds of torch
+    ship it) and the kernel's switch not set to 0. On by default because each measured faster on
+    the H100 (bench/RESULTS.md): ``SLMFLOW_DECODE_ATTENTION`` (split-KV attention, the captured
+    step of the SmolLM2-135M shape 31% faster, Phi-3.5-mini's 4%) and ``SLMFLOW_DECODE_GEMV``
+    (the large linear layers as one fixed-tile GEMV)."""
     import importlib.util
     import os
 
-    return os.environ.get("SLMFLOW_DECODE_ATTENTION", "1") != "0" and importlib.util.find_spec("triton") is not None
+    return os.environ.get(variable, "1") != "0" and importlib.util.find_spec("triton") is not None
 
 
 def cuda_graphs_usable(device: torch.device) -> tuple[bool, str]:

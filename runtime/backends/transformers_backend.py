@@ -88,16 +88,20 @@ class TransformersBackend:
         from slmflow.runtime.backends.cuda_graph import (
             GraphPool,
             cuda_graphs_usable,
-            decode_attention_wanted,
+            triton_kernel_wanted,
         )
 
         self.fast_path, why = cuda_graphs_usable(self.device)
         self._graphs = GraphPool() if self.fast_path else None
-        if self.fast_path and decode_attention_wanted():
+        if self.fast_path and triton_kernel_wanted("SLMFLOW_DECODE_ATTENTION"):
             from slmflow.runtime.backends.decode_attention import use_decode_attention
 
             if use_decode_attention(model):
                 why += " + split-KV decode attention"
+        if self.fast_path and triton_kernel_wanted("SLMFLOW_DECODE_GEMV"):
+            from slmflow.runtime.backends.decode_gemv import use_decode_gemv
+
+            why += f" + Triton GEMV ({use_decode_gemv(model)})"
         log.info("transformers backend on %s: %s", self.device, why if self.fast_path else f"eager ({why})")
 
     @classmethod

@@ -1,0 +1,205 @@
+"""The decode step's linear layers as one Triton matrix-vector kernel, for the CUDA-graph fast path.
+
+A one-token step multiplies one activation row by every weight matrix, so each layer is a GEMV
+bound by the bytes of its weight. Left to torch.compile, each becomes an inductor reduction whose
+block sizes coordinate-descent tuning picks by timing candidates while compiling; those timings are
+noisy, and the same Phi-3.5-mini-shaped step came out at 265-288 tok/s over four compiles on one
+H100 (bench/RESULTS.md). This kernel has fixed tiles that stream a weight at 2.3-3.0 TB/s on an
+H100 whatever the compile does: each program owns ``BLOCK_N`` output rows and walks the input in
+``BLOCK_K`` chunks, several loads in flight (``num_stages``).
+
+What inductor fused into its matmuls is fused here too, or each would cost a kernel of its own
+(~1-3 us, latency-bound): the RMSNorm in front of a layer (each program computes the row's norm
+itself, from a 6 KB input that sits in L2) and Phi-3/Llama's ``silu(gate) * up`` in front of the
+down projection. Both round where the eager modules round, so greedy output stays the same.
+
+Only layers whose weight is large enough for bandwidth to matter are switched: for small ones the
+launch dominates and inductor's fusion of the layer with its neighbours wins. (Programmatic
+dependent launch, loading the first weight tile before the previous kernel ends, was measured
+and made the Phi-3.5-mini step 2% slower, so it is not used.)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+BLOCK_N = 4
+BLOCK_K = 512
+MIN_WEIGHT_BYTES = 8 << 20
+
+
+PLAIN, RMS_NORM, SILU_MUL = 0, 1, 2
+RMS_NORMS = ("LlamaRMSNorm", "Phi3RMSNorm")
+
+
+@triton.jit
+def _input_chunk(x_ptr, up_ptr, norm_ptr, c, inv_rms, K: tl.constexpr, PROLOGUE: tl.constexpr):
+    """Columns ``c`` of the layer's input, as fp32, after the fused prologue."""
+    dt = x_ptr.dtype.element_ty
+    x = tl.load(x_ptr + c, mask=c < K, other=0.0).to(tl.float32)
+    if PROLOGUE == 1:  # weight * (x * inv_rms).to(dtype), as the RMSNorm modules round
+        gamma = tl.load(norm_ptr + c, mask=c < K, other=0.0).to(tl.float32)
+        x = (gamma * (x * inv_rms).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+    if PROLOGUE == 2:  # up * silu(gate), x being the gate
+        up = tl.load(up_ptr + c, mask=c < K, other=0.0).to(tl.float32)
+        x = (up * (x * tl.sigmoid(x)).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+    return x
+
+
+@triton.jit
+def gemv_kernel(x_ptr, up_ptr, norm_ptr, w_ptr, b_ptr, y_ptr, n_rows, stride_wn, eps,
+                K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                HAS_BIAS: tl.constexpr, PROLOGUE: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_rows = rows < n_rows
+    cols = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    # The first weight tile is requested before the norm's pass over the input, so that pass
+    # (a few L2 round trips) hides behind the weight's memory latency instead of adding to it.
+    w = tl.load(w_rows + cols[None, :], mask=in_rows[:, None] & (cols[None, :] < K), other=0.0,
+                eviction_policy="evict_first")
+    inv_rms = 1.0
+    if PROLOGUE == 1:  # rsqrt(mean(x^2) + eps), in fp32 as the RMSNorm modules compute it
+        squares = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = tl.load(x_ptr + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            squares += x * x
+        inv_rms = tl.rsqrt(tl.sum(squares, 0) / K + eps)
+    acc = w.to(tl.float32) * _input_chunk(x_ptr, up_ptr, norm_ptr, cols, inv_rms, K, PROLOGUE)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        c = k0 + cols
+        w = tl.load(w_rows + c[None, :], mask=in_rows[:, None] & (c[None, :] < K), other=0.0,
+                    eviction_policy="evict_first")
+        acc += w.to(tl.float32) * _input_chunk(x_ptr, up_ptr, norm_ptr, c, inv_rms, K, PROLOGUE)[None, :]
+    y = tl.sum(acc, 1)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows, mask=in_rows, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=in_rows)
+
+
+@torch.library.custom_op("slmflow::gemv", mutates_args=())
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],  # noqa: UP045 (schema)
+         norm_weight: Optional[torch.Tensor] = None, eps: float = 0.0,  # noqa: UP045
+         up: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+    """``linear(x, weight, bias)`` for an ``x`` holding one row (any leading shape of size 1);
+    ``linear(rms_norm(x) * norm_weight, ...)`` with ``norm_weight``; ``linear(up * silu(x), ...)``
+    with ``up``.
+
+    A custom op, so torch.compile keeps it as one opaque call and the CUDA graph captures it."""
+    n_rows, k = weight.shape
+    flat = x.reshape(-1).contiguous()
+    prologue = RMS_NORM if norm_weight is not None else SILU_MUL if up is not None else PLAIN
+    y = torch.empty((n_rows,), dtype=x.dtype, device=x.device)
+    gemv_kernel[(triton.cdiv(n_rows, BLOCK_N),)](
+        flat, up.reshape(-1).contiguous() if up is not None else flat,
+        norm_weight if norm_weight is not None else flat, weight, bias if bias is not None else weight, y,
+        n_rows, weight.stride(0), eps,
+        K=k, BLOCK_N=BLOCK_N, BLOCK_K=min(BLOCK_K, triton.next_power_of_2(k)), HAS_BIAS=bias is not None,
+        PROLOGUE=prologue, num_warps=4, num_stages=3,
+    )
+    return y.view(*x.shape[:-1], n_rows)
+
+
+@gemv.register_fake
+def _(x, weight, bias, norm_weight=None, eps=0.0, up=None):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def covers(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`gemv` computes this layer: one row on CUDA, a plain dense weight."""
+    return (x.is_cuda and x.numel() == x.shape[-1] and x.dtype == weight.dtype
+            and weight.dim() == 2 and weight.stride(1) == 1 and type(weight) in (torch.Tensor, nn.Parameter))
+
+
+def _linear_forward(layer: nn.Linear):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not covers(x, layer.weight):
+            return nn.functional.linear(x, layer.weight, layer.bias)
+        norm = getattr(layer, "_slmflow_norm", None)
+        if norm is None:
+            return gemv(x, layer.weight, layer.bias)
+        return gemv(x, layer.weight, layer.bias, norm.weight, norm.variance_epsilon)
+
+    return forward
+
+
+def _skipped_norm_forward(norm: nn.Module, consumer: nn.Linear):
+    """The norm passes one-row inputs through untouched: its consumers apply it in their GEMV."""
+    plain = norm.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x if covers(x, consumer.weight) else plain(x)
+
+    return forward
+
+
+def _mlp_forward(mlp: nn.Module):
+    """Phi-3's and Llama's MLP with ``silu(gate) * up`` computed inside the down projection."""
+    plain = mlp.forward
+    fused = getattr(mlp, "gate_up_proj", None) is not None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        first = mlp.gate_up_proj if fused else mlp.gate_proj
+        if not covers(x, first.weight):
+            return plain(x)
+        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1) if fused else (mlp.gate_proj(x), mlp.up_proj(x))
+        return gemv(gate, mlp.down_proj.weight, mlp.down_proj.bias, up=up)
+
+    return forward
+
+
+def _switched(layer) -> bool:
+    return getattr(layer, "_slmflow_gemv", False)
+
+
+def _fold_norm(norm, consumers: list) -> bool:
+    if type(norm).__name__ not in RMS_NORMS or not consumers or not all(map(_switched, consumers)):
+        return False
+    for layer in consumers:
+        layer._slmflow_norm = norm
+    norm.forward = _skipped_norm_forward(norm, consumers[0])
+    return True
+
+
+def _children(module, *names: str) -> list:
+    found = [getattr(module, n, None) for n in names]
+    return found if all(f is not None for f in found) else []
+
+
+def use_decode_gemv(model: nn.Module, min_weight_bytes: int | None = None) -> str:
+    """Route the one-row calls of the model's large ``nn.Linear`` layers through :func:`gemv`
+    (prefill keeps the modules' own code), fold RMSNorms and SiLU gates into them where the model
+    is laid out as Phi-3 and Llama are; returns what was switched, for the log line.
+
+    The model is meant for our decode step afterwards: a one-row forward's ``last_hidden_state``
+    is then the final norm's input (the norm runs inside ``lm_head``); logits are unchanged."""
+    min_weight_bytes = MIN_WEIGHT_BYTES if min_weight_bytes is None else min_weight_bytes
+    switched = norms = gates = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (type(module) is nn.Linear and isinstance(weight, torch.Tensor)
+                and weight.numel() * weight.element_size() >= min_weight_bytes):
+            module.forward = _linear_forward(module)
+            module._slmflow_gemv = True
+            switched += 1
+    for module in list(model.modules()):
+        attn, mlp = getattr(module, "self_attn", None), getattr(module, "mlp", None)
+        if attn is None or mlp is None:
+            continue
+        mlp_in = _children(mlp, "gate_up_proj") or _children(mlp, "gate_proj", "up_proj")
+        norms += _fold_norm(getattr(module, "input_layernorm", None),
+                            _children(attn, "qkv_proj") or _children(attn, "q_proj", "k_proj", "v_proj"))
+        norms += _fold_norm(getattr(module, "post_attention_layernorm", None), mlp_in)
+        act = getattr(mlp, "activation_fn", None) or getattr(mlp, "act_fn", None)
+        if type(act).__name__ in ("SiLU", "SiLUActivation") and mlp_in and _switched(getattr(mlp, "down_proj", None)):
+            mlp.forward = _mlp_forward(mlp)
+            gates += 1
+    head, decoder = model.get_output_embeddings(), getattr(model, "model", None)
+    if head is not None and decoder is not None:
+        norms += _fold_norm(getattr(decoder, "norm", None), [head])
+    return f"{switched} linear layers, {norms} RMSNorms and {gates} SiLU gates fused"
