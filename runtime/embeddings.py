@@ -34,6 +34,26 @@ def default_embedder_path() -> Path:
     return path
 
 
+def _model_name(path: Path) -> str:
+    return path.name if path.name != "model" else DEFAULT_EMBEDDER
+
+
+def model_fingerprint(path: Path) -> str:
+    """A model folder's name and a digest of its files (names, sizes, first and last 64 KiB), so
+    an index stays usable from another virtual environment or after a reinstall, while vectors of
+    a different model are never mixed into it."""
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path).as_posix()}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(65536))
+            if size > 65536:
+                handle.seek(max(size - 65536, 65536))
+                digest.update(handle.read())
+    return f"{_model_name(path)}@{digest.hexdigest()[:16]}"
+
+
 class Embedder:
     """A sentence-transformers model that turns texts into unit-length float32 vectors."""
 
@@ -45,7 +65,7 @@ class Embedder:
             raise ModelLoadError(f"{path} is not a sentence-transformers model folder",
                                  "pass a folder saved with SentenceTransformer.save()")
         self.path = Path(path)
-        self.name = self.path.name if self.path.name != "model" else DEFAULT_EMBEDDER
+        self.name = _model_name(self.path)
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise to users
         try:
@@ -88,19 +108,8 @@ class Embedder:
 
     @cached_property
     def fingerprint(self) -> str:
-        """What the model is, not where it is installed: its name and a digest of its files (names,
-        sizes, first and last 64 KiB), so an index stays usable from another virtual environment
-        or after a reinstall, while vectors of a different model are never mixed into it."""
-        digest = hashlib.sha256()
-        for file in sorted(f for f in self.path.rglob("*") if f.is_file()):
-            size = file.stat().st_size
-            digest.update(f"{file.relative_to(self.path).as_posix()}\0{size}\0".encode())
-            with file.open("rb") as handle:
-                digest.update(handle.read(65536))
-                if size > 65536:
-                    handle.seek(max(size - 65536, 65536))
-                    digest.update(handle.read())
-        return f"{self.name}@{digest.hexdigest()[:16]}"
+        """What the model is, not where it is installed (see :func:`model_fingerprint`)."""
+        return model_fingerprint(self.path)
 
     @property
     def dimension(self) -> int:

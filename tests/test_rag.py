@@ -220,8 +220,15 @@ def test_an_index_is_reused_by_another_install_of_its_embedder_and_refused_by_an
     assert (again.files_embedded, again.files_unchanged) == (0, 3)
 
     meta = index_dir / INDEX_META  # as written before fingerprints: the embedder's install path
-    meta.write_text(json.dumps({**json.loads(meta.read_text()), "embedder": str(embedder.path)}))
+    settings = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**settings, "embedder": str(embedder.path)}))
     assert DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False).files_unchanged == 3
+    meta.write_text(json.dumps({**settings, "embedder": str(reinstalled)}))  # another install's path
+    assert DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False).files_unchanged == 3
+    meta.write_text(json.dumps({**settings, "embedder": str(tmp_path / "deleted-venv" / "model")}))
+    with pytest.raises(IndexUnusableError, match="other embedder"):  # nothing left to compare with
+        DocumentIndex(folder, index_dir, embedder=embedder)
+    meta.write_text(json.dumps({**settings, "embedder": str(embedder.path)}))
 
     other = tmp_path / "tuned" / "model"  # same name and shapes, other weights
     shutil.copytree(embedder.path, other)

@@ -32,7 +32,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from slmflow.runtime.embedded import cache_root
-from slmflow.runtime.embeddings import Embedder, load_embedder
+from slmflow.runtime.embeddings import Embedder, load_embedder, model_fingerprint
 from slmflow.runtime.errors import SlmflowError
 from slmflow.tools.rag.chunking import Chunk, chunk_document
 from slmflow.tools.rag.loaders import LoadError, load_document
@@ -198,7 +198,8 @@ class DocumentIndex:
     def _check_settings(self, stored: IndexSettings | None) -> None:
         if stored is None:
             return
-        if stored.embedder == str(self.embedder.path):  # built before fingerprints, by this same install
+        recorded = Path(stored.embedder)  # built before fingerprints: the embedder's install path
+        if recorded.is_absolute() and recorded.is_dir() and model_fingerprint(recorded) == self.settings.embedder:
             stored = stored.model_copy(update={"embedder": self.settings.embedder})
         mismatched = [k for k in ("embedder", "dimension", "chunk_tokens", "overlap_tokens")
                       if getattr(stored, k) != getattr(self.settings, k)]
