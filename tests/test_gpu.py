@@ -100,6 +100,33 @@ def test_graphs_of_finished_sequences_are_reused(fp32_cuda_backend):
     assert idle not in pool._idle
 
 
+def test_sequences_of_new_capacities_share_one_dynamic_compile(fp32_cuda_backend):
+    """Each capacity is a static cache of another shape; past the second, no compile is added, and
+    every shape decodes the eager path's tokens."""
+    import torch._dynamo
+    from slmflow.runtime.backends.transformers_backend import TransformersSequence
+
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    graphs.clear()
+    ids = list(range(3, 40))
+
+    def greedy(seq) -> list[int]:
+        logits, tokens = seq.extend(ids), []
+        for _ in range(6):
+            tokens.append(int(logits.argmax()))
+            logits = seq.extend(tokens[-1:])
+        return tokens
+
+    eager = greedy(TransformersSequence(fp32_cuda_backend.model, 1024))
+    per_compile = None
+    for capacity in (200, 450, 700, 950):
+        assert greedy(fp32_cuda_backend.new_sequence(capacity)) == eager, capacity
+        per_compile = per_compile or graphs["unique_graphs"]
+    assert per_compile > 0
+    assert graphs["unique_graphs"] <= 2 * per_compile
+
+
 @pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(
     temperature=0.8, top_k=50, top_p=0.9, min_p=0.01, repetition_penalty=1.2, frequency_penalty=0.1,
     presence_penalty=0.1, seed=0)], ids=["greedy", "filtered-and-penalised"])
@@ -213,7 +240,8 @@ def test_decode_gemv_with_fused_norms_and_gates_matches_the_modules(family, dtyp
     one, many = torch.tensor([[7]], device="cuda"), torch.tensor([[7, 8, 9]], device="cuda")
     with torch.no_grad():
         ref_one, ref_many = model(one).logits.float(), model(many).logits
-        assert use_decode_gemv(model, min_weight_bytes=0).endswith("5 RMSNorms and 2 SiLU gates fused")
+        assert use_decode_gemv(model, min_weight_bytes=0).endswith(
+            "5 RMSNorms, 2 SiLU gates and 4 residual adds fused")
         out_one, out_many = model(one).logits.float(), model(many).logits
     assert torch.equal(out_many, ref_many)  # prompts keep the modules' own code
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2

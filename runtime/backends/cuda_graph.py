@@ -221,8 +221,13 @@ _compiled: dict[int, object] = {}
 
 
 def _compiled_step(model):
-    """torch.compile of the decode step, one per model (shapes are static, so no recompiles per
-    sequence of the same capacity); None where compile is unavailable, after one log line."""
+    """torch.compile of the decode step, one per model; None where compile is unavailable, after
+    one log line.
+
+    The first capacity compiles with static shapes. A second capacity compiles once more with the
+    cache length symbolic (dynamo's automatic dynamic shapes), and that compile serves every later
+    capacity: with ``dynamic=False`` each new capacity (a longer conversation, a bigger prompt)
+    cost a full recompile, 29 s for the Phi-3.5-mini shape on an H100 (bench/RESULTS.md)."""
     import os
 
     key = id(model)
@@ -235,7 +240,7 @@ def _compiled_step(model):
             # SLMFLOW_TORCH_COMPILE_MODE, e.g. "max-autotune-no-cudagraphs" (we capture the graph
             # ourselves), trades a longer first compile for tuned matmul kernels.
             mode = os.environ.get("SLMFLOW_TORCH_COMPILE_MODE") or None
-            _compiled[key] = torch.compile(_step_function, dynamic=False, mode=mode)
+            _compiled[key] = torch.compile(_step_function, dynamic=None, mode=mode)
         except Exception as err:  # no inductor/triton for this device or torch build
             log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
             _compiled[key] = None
