@@ -18,14 +18,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 PROMPT = "What is the capital of France?"
 
 
+def _fp32_backend(folder) -> TransformersBackend:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to("cuda").eval()
+    tokenizer = ChatTokenizer(AutoTokenizer.from_pretrained(folder), [2])
+    return TransformersBackend(hf, tokenizer, parse_spec(f"hf:{folder}"))
+
+
 @pytest.fixture(scope="module")
 def fp32_cuda_backend(tiny_phi3_hf):
     """The tiny Phi-3 on CUDA in fp32, so eager and graph paths can be compared exactly."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf = AutoModelForCausalLM.from_pretrained(tiny_phi3_hf, dtype=torch.float32).to("cuda").eval()
-    tokenizer = ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), [2])
-    return TransformersBackend(hf, tokenizer, parse_spec(f"hf:{tiny_phi3_hf}"))
+    return _fp32_backend(tiny_phi3_hf)
 
 
 def test_fast_path_is_chosen_on_cuda(fp32_cuda_backend):
@@ -100,9 +104,10 @@ def test_graphs_of_finished_sequences_are_reused(fp32_cuda_backend):
     assert idle not in pool._idle
 
 
-def test_sequences_of_new_capacities_share_one_dynamic_compile(fp32_cuda_backend):
+def test_sequences_of_new_capacities_share_one_dynamic_compile(fp32_cuda_backend, tiny_phi3_hf):
     """Each capacity is a static cache of another shape; past the second, no compile is added, and
-    every shape decodes the eager path's tokens."""
+    every shape decodes the eager path's tokens. Another model starts over with compiles of its
+    own (a static one first), instead of inheriting the first model's symbolic sizes."""
     import torch._dynamo
     from slmflow.runtime.backends.transformers_backend import TransformersSequence
 
@@ -125,6 +130,10 @@ def test_sequences_of_new_capacities_share_one_dynamic_compile(fp32_cuda_backend
         per_compile = per_compile or graphs["unique_graphs"]
     assert per_compile > 0
     assert graphs["unique_graphs"] <= 2 * per_compile
+    other, before = _fp32_backend(tiny_phi3_hf), graphs["unique_graphs"]
+    for capacity in (200, 450):
+        assert greedy(other.new_sequence(capacity)) == eager, capacity
+    assert graphs["unique_graphs"] - before == 2 * per_compile
 
 
 @pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(
@@ -199,18 +208,21 @@ def test_split_kv_decode_attention_matches_sdpa(heads, kv_heads, dim, filled, dt
     assert torch.allclose(out, reference, atol=tolerance, rtol=tolerance), (out - reference).abs().max()
 
 
-def test_split_kv_decode_attention_greedy_equals_sdpa_end_to_end(tiny_phi3_hf, monkeypatch):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _greedy_with(variable: str, opt_in: str, folder, monkeypatch, switched) -> list[int]:
+    """Greedy tokens of a fresh fp32 backend built with ``variable`` set to ``opt_in``; ``switched``
+    says from the loaded model whether the kernel is in use, which must agree with the switch."""
+    monkeypatch.setenv(variable, opt_in)
+    backend = _fp32_backend(folder)
+    assert switched(backend.model) == (opt_in == "1")
+    model = Model(backend)
+    model.cache.enabled = False
+    return model.generate(PROMPT, max_tokens=40).result().token_ids
 
+
+def test_split_kv_decode_attention_greedy_equals_sdpa_end_to_end(tiny_phi3_hf, monkeypatch):
     def greedy(opt_in: str) -> list[int]:
-        monkeypatch.setenv("SLMFLOW_DECODE_ATTENTION", opt_in)
-        hf = AutoModelForCausalLM.from_pretrained(tiny_phi3_hf, dtype=torch.float32).to("cuda").eval()
-        backend = TransformersBackend(hf, ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), [2]),
-                                      parse_spec(f"hf:{tiny_phi3_hf}"))
-        assert (hf.config._attn_implementation == "slmflow_decode") == (opt_in == "1")
-        model = Model(backend)
-        model.cache.enabled = False
-        return model.generate(PROMPT, max_tokens=40).result().token_ids
+        return _greedy_with("SLMFLOW_DECODE_ATTENTION", opt_in, tiny_phi3_hf, monkeypatch,
+                            lambda hf: hf.config._attn_implementation == "slmflow_decode")
 
     assert greedy("1") == greedy("0")
 
@@ -251,18 +263,11 @@ def test_decode_gemv_with_fused_norms_and_gates_matches_the_modules(family, dtyp
 
 def test_decode_gemv_greedy_equals_modules_end_to_end(tiny_phi3_hf, monkeypatch):
     from slmflow.runtime.backends import decode_gemv
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setattr(decode_gemv, "MIN_WEIGHT_BYTES", 0)  # the tiny model's layers are all small
 
     def greedy(opt_in: str) -> list[int]:
-        monkeypatch.setenv("SLMFLOW_DECODE_GEMV", opt_in)
-        hf = AutoModelForCausalLM.from_pretrained(tiny_phi3_hf, dtype=torch.float32).to("cuda").eval()
-        backend = TransformersBackend(hf, ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), [2]),
-                                      parse_spec(f"hf:{tiny_phi3_hf}"))
-        assert ("forward" in vars(hf.lm_head)) == (opt_in == "1")
-        model = Model(backend)
-        model.cache.enabled = False
-        return model.generate(PROMPT, max_tokens=40).result().token_ids
+        return _greedy_with("SLMFLOW_DECODE_GEMV", opt_in, tiny_phi3_hf, monkeypatch,
+                            lambda hf: "forward" in vars(hf.model.layers[0]))  # residual adds fused
 
     assert greedy("1") == greedy("0")

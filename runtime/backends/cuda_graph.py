@@ -227,12 +227,20 @@ def _compiled_step(model):
     The first capacity compiles with static shapes. A second capacity compiles once more with the
     cache length symbolic (dynamo's automatic dynamic shapes), and that compile serves every later
     capacity: with ``dynamic=False`` each new capacity (a longer conversation, a bigger prompt)
-    cost a full recompile, 29 s for the Phi-3.5-mini shape on an H100 (bench/RESULTS.md)."""
+    cost a full recompile, 29 s for the Phi-3.5-mini shape on an H100 (bench/RESULTS.md).
+
+    Each model gets a code object of its own: dynamo keeps compiles, their recompile limit and the
+    sizes it has seen per code object, so with one shared function a second model of another
+    shape (the MoE role beside the mini one) would count as the first one's shapes changing and be
+    compiled with every size symbolic."""
     import os
+    import types
 
     key = id(model)
     if key not in _compiled:
         try:
+            code = _step_function.__code__.replace(co_name=f"_step_function_{len(_compiled)}")
+            step = types.FunctionType(code, _step_function.__globals__, code.co_name)
             import torch._inductor.config as inductor
 
             # Tunes the block sizes of the one-row matmuls that dominate decoding (as gpt-fast does).
@@ -240,7 +248,7 @@ def _compiled_step(model):
             # SLMFLOW_TORCH_COMPILE_MODE, e.g. "max-autotune-no-cudagraphs" (we capture the graph
             # ourselves), trades a longer first compile for tuned matmul kernels.
             mode = os.environ.get("SLMFLOW_TORCH_COMPILE_MODE") or None
-            _compiled[key] = torch.compile(_step_function, dynamic=None, mode=mode)
+            _compiled[key] = torch.compile(step, dynamic=None, mode=mode)
         except Exception as err:  # no inductor/triton for this device or torch build
             log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
             _compiled[key] = None
