@@ -186,23 +186,28 @@ def _skipped_norm_forward(norm: nn.Module, consumer: nn.Linear):
     return forward
 
 
+def _mlp_inputs(mlp: nn.Module) -> list:
+    """The MLP's layers in front of ``silu(gate) * up``: Phi-3's fused ``gate_up_proj``, or
+    Llama's ``gate_proj`` and ``up_proj``; empty for other layouts."""
+    return _children(mlp, "gate_up_proj") or _children(mlp, "gate_proj", "up_proj")
+
+
+def _gate_and_up(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate and up from the outputs of :func:`_mlp_inputs`' layers, in that order."""
+    return outputs[0].chunk(2, dim=-1) if len(outputs) == 1 else (outputs[0], outputs[1])
+
+
 def _mlp_forward(mlp: nn.Module):
     """Phi-3's and Llama's MLP with ``silu(gate) * up`` computed inside the down projection."""
-    plain = mlp.forward
-    fused = getattr(mlp, "gate_up_proj", None) is not None
+    plain, mlp_in = mlp.forward, _mlp_inputs(mlp)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        first = mlp.gate_up_proj if fused else mlp.gate_proj
-        if not covers(x, first.weight):
+        if not covers(x, mlp_in[0].weight):
             return plain(x)
-        gate, up = mlp.gate_up_proj(x).chunk(2, dim=-1) if fused else (mlp.gate_proj(x), mlp.up_proj(x))
+        gate, up = _gate_and_up([lin(x) for lin in mlp_in])
         return gemv(gate, mlp.down_proj.weight, mlp.down_proj.bias, up=up)
 
     return forward
-
-
-def _mlp_inputs(mlp: nn.Module) -> list:
-    return _children(mlp, "gate_up_proj") or _children(mlp, "gate_proj", "up_proj")
 
 
 def _layer_forward(layer: nn.Module):
@@ -218,7 +223,7 @@ def _layer_forward(layer: nn.Module):
         attn_out = attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)[0]
         outs = [add_norm_gemv(attn_out, hidden_states, norm.weight, norm.variance_epsilon, lin.weight, lin.bias)
                 for lin in mlp_in]
-        gate, up = outs[0][0].chunk(2, dim=-1) if len(outs) == 1 else (outs[0][0], outs[1][0])
+        gate, up = _gate_and_up([y for y, _ in outs])
         return gemv(gate, mlp.down_proj.weight, mlp.down_proj.bias, up=up, residual=outs[0][1])
 
     return forward
