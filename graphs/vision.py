@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmflow.runtime.config import load_config
-from slmflow.runtime.errors import BackendUnavailableError
 from slmflow.runtime.loop import Usage
-from slmflow.runtime.specs import SpecKind, parse_spec
 from slmflow.runtime.vision import load_images
 
 READ_PROMPT = "Write out all the text in this image, then describe anything else it shows in one sentence."
@@ -24,12 +22,7 @@ def read_image(path: str | Path) -> tuple[str, object, Usage | None, str]:
     if configured:
         from slmflow.runtime.vision import load_vision_model
 
-        spec = parse_spec(configured)
-        if spec.kind != SpecKind.HF:
-            raise BackendUnavailableError(
-                f"roles.vision = '{configured}': only transformers vision models (hf:PATH) run in this version",
-                "point roles.vision to a Hugging Face image-text-to-text folder, or remove it to use OCR")
-        model = load_vision_model(str(spec.path))
+        model = load_vision_model(configured)
         response = model.generate(READ_PROMPT, [path])
         return response.text(), model, response.result().usage, "vision model"
     from slmflow.tools.rag.ocr import ocr_image

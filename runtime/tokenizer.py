@@ -47,6 +47,14 @@ class ChatTokenizer:
 
     def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         """Prompt tokens for a conversation; the reusable prefix of later turns is computed on these."""
+        return list(self._chat_template(messages, add_generation_prompt, tokenize=True))
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """The same prompt as text, for engines that tokenize it themselves (onnxruntime-genai's
+        multimodal processor, which expands image tags into image tokens)."""
+        return self._chat_template(messages, add_generation_prompt, tokenize=False)
+
+    def _chat_template(self, messages: Sequence[Message], add_generation_prompt: bool, tokenize: bool):
         if not messages:
             raise PromptError("no messages given", "pass a prompt or at least one message")
         if self.hf.chat_template is None:
@@ -55,10 +63,8 @@ class ChatTokenizer:
                 "pass a plain token-id prompt, or use an instruct model whose tokenizer defines one",
             )
         dicts = [m.model_dump(exclude_none=True) for m in messages]
-        return list(
-            self.hf.apply_chat_template(
-                dicts, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
-            )
+        return self.hf.apply_chat_template(
+            dicts, add_generation_prompt=add_generation_prompt, tokenize=tokenize, return_dict=False
         )
 
 

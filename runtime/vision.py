@@ -1,7 +1,8 @@
-"""Vision-language models (transformers image-text-to-text) through our own generation loop.
+"""Vision-language models through our own generation loop: transformers image-text-to-text
+folders, and onnxruntime-genai folders in Phi-3.5-vision's ONNX layout.
 
-The processor turns messages with images into token ids plus pixel inputs; the first forward pass
-(prefill) takes both, after which decoding is plain token-by-token work on the KV cache, so the
+A processor turns the prompt and its images into token ids plus pixel inputs; the first forward
+pass (prefill) takes both, after which decoding is plain token-by-token work on the KV cache, so the
 loop, sampler, constraints and stop strings are the same ones every text model uses.
 """
 
@@ -13,14 +14,21 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from slmflow.runtime.backends.onnx_backend import OnnxGenaiBackend
 from slmflow.runtime.backends.transformers_backend import (
     TransformersSequence,
     default_device,
 )
-from slmflow.runtime.errors import ModelLoadError, PromptError
+from slmflow.runtime.errors import BackendUnavailableError, ModelLoadError, PromptError
 from slmflow.runtime.loop import Response, run_generation
+from slmflow.runtime.messages import Message
 from slmflow.runtime.sampling import Sampler, SamplingParams
+from slmflow.runtime.specs import SpecKind, parse_spec
 from slmflow.runtime.tokenizer import ChatTokenizer
+
+# onnxruntime-genai model types whose processor expands "<|image_N|>" tags (Phi-3.5-vision's layout:
+# a vision, an embedding and a text ONNX session).
+ONNX_IMAGE_TAG_TYPES = ("phi3v",)
 
 
 class _ImagePrefillSequence(TransformersSequence):
@@ -86,13 +94,67 @@ class VisionModel:
         inputs.pop("attention_mask", None)
         image_inputs = {k: v.to(self.model.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         seq = _ImagePrefillSequence(self.model, len(ids) + max_tokens, image_inputs)
-        sampler = Sampler(sampling or SamplingParams(), self.vocab_size, ids, self.model.device)
-        stream: Iterator[str] = run_generation(seq, ids, 0, self.tokenizer, sampler, max_tokens, (), self.spec,
-                                               list(ids))
-        return Response(stream)
+        return _respond(seq, ids, self.tokenizer, self.vocab_size, self.model.device, self.spec, max_tokens, sampling)
+
+
+class OnnxVisionModel:
+    """An onnxruntime-genai folder in Phi-3.5-vision's ONNX layout (genai_config type ``phi3v``),
+    such as microsoft/Phi-3.5-vision-instruct-onnx. Images go through onnxruntime-genai's own
+    processor (Phi-3.5-vision's HD crops), so the pixels and image-token counts are the ones the
+    model was exported for; our loop then samples from the text decoder's logits."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.backend = OnnxGenaiBackend.load(parse_spec(f"onnx:{folder}"), folder)
+        model_type = self.backend.config["model"].get("type")
+        if model_type not in ONNX_IMAGE_TAG_TYPES or "vision" not in self.backend.config["model"]:
+            raise ModelLoadError(
+                f"{folder} holds an onnxruntime-genai '{model_type}' model without Phi-3.5-vision's vision session",
+                "point the vision role to a Phi-3.5-vision ONNX folder (genai_config type phi3v) "
+                "or to a transformers image-text-to-text folder")
+        self.processor = self.backend.model.create_multimodal_processor()
+        self.tokenizer = self.backend.tokenizer
+        self.spec = str(self.backend.spec)
+
+    def generate(self, prompt: str, images: Sequence[str | Path], *, max_tokens: int = 256,
+                 sampling: SamplingParams | None = None) -> Response:
+        """A reply about ``images`` (one or more), streamed like any text model's."""
+        load_images(images)  # a missing or undecodable file fails here, with its name
+        tags = "".join(f"<|image_{i}|>\n" for i in range(1, len(images) + 1))
+        text = self.tokenizer.render_chat([Message(role="user", content=tags + prompt)])
+        processed = self.processor(text, images=self.backend.open_images(images))
+        ids = processed["input_ids"].as_numpy()[0].tolist()  # image positions hold -N for image N
+        context = self.backend.context_length
+        if len(ids) + max_tokens > context:
+            raise PromptError(
+                f"the prompt with {len(images)} image(s) takes {len(ids)} tokens; with max_tokens={max_tokens} "
+                f"it does not fit the model's context of {context}",
+                "pass fewer or smaller images, or lower max_tokens")
+        seq = self.backend.new_sequence(len(ids) + max_tokens, processed)
+        return _respond(seq, ids, self.tokenizer, self.backend.vocab_size, self.backend.device, self.spec,
+                        max_tokens, sampling)
+
+
+def _respond(seq, ids: list[int], tokenizer: ChatTokenizer, vocab_size: int, device, spec: str, max_tokens: int,
+             sampling: SamplingParams | None) -> Response:
+    """The loop over a sequence whose first ``extend`` carries the images. Image positions are
+    left out of the penalties' history: they are not vocabulary tokens."""
+    sampler = Sampler(sampling or SamplingParams(), vocab_size, [i for i in ids if 0 <= i < vocab_size], device)
+    stream: Iterator[str] = run_generation(seq, ids, 0, tokenizer, sampler, max_tokens, (), spec, list(ids))
+    return Response(stream)
 
 
 @lru_cache(maxsize=2)
-def load_vision_model(folder: str) -> VisionModel:
-    return VisionModel(folder)
+def load_vision_model(spec: str) -> VisionModel | OnnxVisionModel:
+    """The vision role's model from its spec: ``hf:PATH`` (transformers) or ``onnx:PATH``
+    (Phi-3.5-vision's ONNX layout)."""
+    parsed = parse_spec(spec)
+    if parsed.kind is SpecKind.HF:
+        return VisionModel(parsed.path)
+    if parsed.kind is SpecKind.ONNX:
+        return OnnxVisionModel(parsed.path)
+    raise BackendUnavailableError(
+        f"roles.vision = '{spec}': vision models run from a local hf:PATH or onnx:PATH folder",
+        "point roles.vision to a Hugging Face image-text-to-text folder or a Phi-3.5-vision ONNX folder, "
+        "or remove it to use OCR")
 

@@ -73,13 +73,26 @@ def build_tiny_phi3(folder: Path, context: int = 256) -> Path:
     return folder
 
 
-def build_onnx(hf_folder: Path, out: Path, precision: str = "fp32") -> Path:
+def build_onnx(hf_folder: Path, out: Path, precision: str = "fp32", *extra_options: str) -> Path:
+    extra = ["--extra_options", *extra_options] if extra_options else []
     subprocess.run(
         [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder), "-o", str(out),
-         "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder-cache")],
+         "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder-cache"), *extra],
         check=True, capture_output=True,
     )
     return out
+
+
+def build_tiny_phi3v_onnx(folder: Path) -> Path:
+    """A tiny random-weight model in Phi-3.5-vision's onnxruntime-genai layout (see phi3v_onnx);
+    an 8,192-token context, since an image takes 2,000-2,600 tokens after Phi-3.5-vision's HD crops."""
+    from phi3v_onnx import add_vision
+    from safetensors.torch import load_file
+
+    hf = build_tiny_phi3(folder / "hf", context=8192)
+    text = build_onnx(hf, folder / "onnx", "fp32", "exclude_embeds=true")
+    table = load_file(hf / "model.safetensors")["model.embed_tokens.weight"].numpy()
+    return add_vision(text, table)
 
 
 @pytest.fixture(scope="session")

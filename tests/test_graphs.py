@@ -1,8 +1,9 @@
 """The LangChain chat model, the role paths (mini, vision, moe), the router graph, threads that
 survive a killed process, approvals, and the errors a user can cause.
 
-Models are real: the embedded SmolLM2 for chat, routing and tools; a tiny random-weight PhiMoE
-and a tiny random-weight LLaVA (built in conftest) for the moe and vision code paths.
+Models are real: the embedded SmolLM2 for chat, routing and tools; a tiny random-weight PhiMoE,
+a tiny random-weight LLaVA and a tiny random-weight model in Phi-3.5-vision's onnxruntime-genai
+layout (built in conftest) for the moe and vision code paths.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llava, build_tiny_phimoe
+from conftest import build_tiny_llava, build_tiny_phi3v_onnx, build_tiny_phimoe
 from langchain_core.messages import HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 from slmflow.agents.chat_model import SlmflowChatModel, langchain_tool
 from slmflow.graphs.assistant import AssistantGraph, AssistantState
 from slmflow.runtime import load_model
-from slmflow.runtime.errors import PromptError, SlmflowError
+from slmflow.runtime.errors import ModelLoadError, PromptError, SlmflowError
 from slmflow.tools import calculator, tool
 
 
@@ -96,6 +97,11 @@ def tiny_llava(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava") / "hf")
 
 
+@pytest.fixture(scope="module")
+def tiny_phi3v_onnx(tmp_path_factory):
+    return build_tiny_phi3v_onnx(tmp_path_factory.mktemp("tiny-phi3v"))
+
+
 def test_phimoe_through_our_loop_matches_transformers_generate(tiny_phimoe):
     from transformers import AutoModelForCausalLM
 
@@ -122,6 +128,55 @@ def test_vision_model_through_our_loop_matches_transformers_generate(tiny_llava,
     assert ours == theirs.tolist()
 
 
+def test_onnx_vision_model_through_our_loop_matches_onnxruntime_genai(tiny_phi3v_onnx, tmp_path):
+    import onnxruntime_genai as og
+    from slmflow.runtime.vision import OnnxVisionModel
+
+    images = [render_text(tmp_path / "a.png", ["Total 42"]), render_text(tmp_path / "b.png", ["Paid"])]
+    model = OnnxVisionModel(tiny_phi3v_onnx)
+    ours = model.generate("What do these show?", images, max_tokens=10).result()
+    # onnxruntime-genai's own greedy loop over the same processor output
+    prompt = model.tokenizer.hf.apply_chat_template(
+        [{"role": "user", "content": "<|image_1|>\n<|image_2|>\nWhat do these show?"}],
+        add_generation_prompt=True, tokenize=False)
+    engine = og.Model(str(tiny_phi3v_onnx))
+    processed = engine.create_multimodal_processor()(prompt, images=og.Images.open(*map(str, images)))
+    ids = processed["input_ids"].as_numpy()[0]
+    params = og.GeneratorParams(engine)
+    params.set_search_options(max_length=len(ids) + 10, do_sample=False, top_k=1)
+    generator = og.Generator(engine, params)
+    generator.set_inputs(processed)
+    theirs = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        theirs.append(int(generator.get_next_tokens()[0]))
+    assert (ids == -1).sum() > 1000 and (ids == -2).sum() > 1000  # both images were expanded
+    assert ours.usage.prompt_tokens == len(ids)
+    assert ours.token_ids == theirs
+
+
+def test_onnx_vision_model_reads_the_pixels(tiny_phi3v_onnx, tmp_path):
+    from slmflow.runtime.vision import OnnxVisionModel
+
+    model = OnnxVisionModel(tiny_phi3v_onnx)
+    light, dark = tmp_path / "light.png", tmp_path / "dark.png"
+    Image.new("RGB", (400, 300), "white").save(light)
+    Image.new("RGB", (400, 300), (20, 40, 160)).save(dark)
+    replies = [model.generate("Describe it.", [image], max_tokens=6).result().token_ids for image in (light, dark)]
+    assert replies[0] != replies[1]
+
+
+def test_onnx_vision_model_errors_name_the_problem(tiny_phi3v_onnx, tmp_path):
+    from slmflow.runtime import embedded
+    from slmflow.runtime.vision import OnnxVisionModel
+
+    with pytest.raises(ModelLoadError, match="without Phi-3.5-vision's vision session"):
+        OnnxVisionModel(embedded.ensure_onnx())
+    page = render_text(tmp_path / "page.png", ["Total 42"])
+    with pytest.raises(PromptError, match="does not fit the model's context of 8192"):
+        OnnxVisionModel(tiny_phi3v_onnx).generate("Read it.", [page, page], max_tokens=4000)
+
+
 def test_undecodable_image_is_named(tmp_path):
     from slmflow.runtime.vision import load_images
 
@@ -138,6 +193,16 @@ def test_vision_role_reads_the_image_when_configured(tiny_llava, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     _, model, usage, note = read_image(render_text(tmp_path / "page.png", ["Total 42"]))
     assert note == "vision model" and usage.completion_tokens > 0 and str(tiny_llava) in model.spec
+
+
+def test_vision_role_runs_a_phi3v_onnx_folder(tiny_phi3v_onnx, tmp_path, monkeypatch):
+    from slmflow.graphs.vision import read_image
+
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nvision = "onnx:{tiny_phi3v_onnx}"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    _, model, usage, note = read_image(render_text(tmp_path / "page.png", ["Total 42"]))
+    assert note == "vision model" and model.spec == f"onnx:{tiny_phi3v_onnx}"
+    assert usage.prompt_tokens > 1000 and usage.completion_tokens > 0
 
 
 # --- the router graph -------------------------------------------------------------------------

@@ -20,16 +20,25 @@ from slmflow.runtime.tokenizer import ChatTokenizer
 
 
 class OnnxGenaiSequence:
-    def __init__(self, og, model, capacity: int, kv_bytes_per_token: int) -> None:
+    """With ``processed`` (a multimodal processor's output for the prompt), the first ``extend``
+    hands it to ``set_inputs``, which runs the vision and embedding sessions and prefills the
+    decoder; its token ids (image positions hold -N for image N) must be what ``extend`` gets."""
+
+    def __init__(self, og, model, capacity: int, kv_bytes_per_token: int, processed=None) -> None:
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=capacity)
         self._generator = og.Generator(model, params)
         self._kv_bytes_per_token = kv_bytes_per_token
+        self._processed = processed
         self.length = 0
         self.capacity = capacity
 
     def extend(self, token_ids: Seq[int]) -> torch.Tensor:
-        self._generator.append_tokens(np.asarray(token_ids, dtype=np.int32))
+        if self._processed is not None:
+            processed, self._processed = self._processed, None
+            self._generator.set_inputs(processed)
+        else:
+            self._generator.append_tokens(np.asarray(token_ids, dtype=np.int32))
         self.length += len(token_ids)
         return torch.from_numpy(self._generator.get_logits()[0, -1])
 
@@ -57,6 +66,7 @@ class OnnxGenaiBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
+        self.config = config
         decoder = config["model"]["decoder"]
         self.context_length = int(config["model"].get("context_length") or 2048)
         self.vocab_size = int(config["model"]["vocab_size"])
@@ -91,5 +101,9 @@ class OnnxGenaiBackend:
         tokenizer = ChatTokenizer.from_folder(folder, extra_eos=eos_ids)
         return cls(og, model, config, tokenizer, spec)
 
-    def new_sequence(self, capacity: int) -> OnnxGenaiSequence:
-        return OnnxGenaiSequence(self._og, self.model, capacity, self._kv_bytes_per_token)
+    def new_sequence(self, capacity: int, processed=None) -> OnnxGenaiSequence:
+        return OnnxGenaiSequence(self._og, self.model, capacity, self._kv_bytes_per_token, processed)
+
+    def open_images(self, paths: Seq[str | Path]):
+        """Images for the model's multimodal processor, or None for a text-only prompt."""
+        return self._og.Images.open(*map(str, paths)) if paths else None
