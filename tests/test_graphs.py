@@ -1,9 +1,10 @@
 """The LangChain chat model, the role paths (mini, vision, moe), the router graph, threads that
 survive a killed process, approvals, and the errors a user can cause.
 
-Models are real: the embedded SmolLM2 for chat, routing and tools; a tiny random-weight PhiMoE,
-a tiny random-weight LLaVA and a tiny random-weight model in Phi-3.5-vision's onnxruntime-genai
-layout (built in conftest) for the moe and vision code paths.
+Models are real: the embedded SmolLM2 for chat, routing and tools; a tiny random-weight PhiMoE
+(transformers, and exported to an onnxruntime-genai folder), a tiny random-weight LLaVA and a tiny
+random-weight model in Phi-3.5-vision's onnxruntime-genai layout (built in conftest) for the moe
+and vision code paths.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def tiny_llava(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_phimoe_onnx(tiny_phimoe, tmp_path_factory):
+    from phimoe_onnx import export_onnx_folder
+
+    return export_onnx_folder(tiny_phimoe, tmp_path_factory.mktemp("tiny-phimoe-onnx") / "onnx")
+
+
+@pytest.fixture(scope="module")
 def tiny_phi3v_onnx(tmp_path_factory):
     return build_tiny_phi3v_onnx(tmp_path_factory.mktemp("tiny-phi3v"))
 
@@ -111,6 +119,20 @@ def test_phimoe_through_our_loop_matches_transformers_generate(tiny_phimoe):
     reference = AutoModelForCausalLM.from_pretrained(tiny_phimoe).eval()
     theirs = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
     assert ours == theirs
+
+
+def test_phimoe_on_onnxruntime_genai_matches_transformers_generate(tiny_phimoe, tiny_phimoe_onnx):
+    from transformers import AutoModelForCausalLM
+
+    model = load_model(f"onnx:{tiny_phimoe_onnx}")
+    assert model.backend.config["model"]["type"] == "phimoe"
+    ids = model.prompt_ids("Hello there")
+    ours = model.generate(ids, max_tokens=12).result().token_ids
+    reference = AutoModelForCausalLM.from_pretrained(tiny_phimoe).eval()
+    theirs = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    assert ours == theirs
+    follow_up = ids + ours + model.prompt_ids("And then?")
+    assert model.generate(follow_up, max_tokens=4).result().usage.cached_tokens >= len(ids)  # prefix reuse
 
 
 def test_vision_model_through_our_loop_matches_transformers_generate(tiny_llava, tmp_path):
@@ -256,6 +278,14 @@ def test_moe_role_runs_the_configured_phimoe(onnx_model, tiny_phimoe, tmp_path, 
     monkeypatch.chdir(tmp_path)
     update = AssistantGraph().moe({"messages": [HumanMessage("If Ann has 3 apples and eats 1, how many are left?")]})
     assert update["trace"][0]["model"] == f"hf:{tiny_phimoe}"
+    assert update["trace"][0]["tokens"] > 0
+
+
+def test_moe_role_runs_a_phimoe_onnx_folder(onnx_model, tiny_phimoe_onnx, tmp_path, monkeypatch):
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "onnx:{tiny_phimoe_onnx}"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    update = AssistantGraph().moe({"messages": [HumanMessage("If Ann has 3 apples and eats 1, how many are left?")]})
+    assert update["trace"][0]["model"] == f"onnx:{tiny_phimoe_onnx}"
     assert update["trace"][0]["tokens"] > 0
 
 
