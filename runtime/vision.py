@@ -9,6 +9,7 @@ loop, sampler, constraints and stop strings are the same ones every text model u
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -112,17 +113,20 @@ class OnnxVisionModel:
                 f"{folder} holds an onnxruntime-genai '{model_type}' model without Phi-3.5-vision's vision session",
                 "point the vision role to a Phi-3.5-vision ONNX folder (genai_config type phi3v) "
                 "or to a transformers image-text-to-text folder")
-        self.processor = self.backend.model.create_multimodal_processor()
+        self.folder = folder
+        with self._processor_errors():
+            self.processor = self.backend.model.create_multimodal_processor()
         self.tokenizer = self.backend.tokenizer
         self.spec = str(self.backend.spec)
 
     def generate(self, prompt: str, images: Sequence[str | Path], *, max_tokens: int = 256,
                  sampling: SamplingParams | None = None) -> Response:
         """A reply about ``images`` (one or more), streamed like any text model's."""
-        load_images(images)  # a missing or undecodable file fails here, with its name
+        pictures = load_images(images)  # a missing or undecodable file fails here, with its name
         tags = "".join(f"<|image_{i}|>\n" for i in range(1, len(images) + 1))
         text = self.tokenizer.render_chat([Message(role="user", content=tags + prompt)])
-        processed = self.processor(text, images=self.backend.open_images(images))
+        with self._processor_errors():
+            processed = self.processor(text, images=self.backend.images(pictures))
         ids = processed["input_ids"].as_numpy()[0].tolist()  # image positions hold -N for image N
         context = self.backend.context_length
         if len(ids) + max_tokens > context:
@@ -133,6 +137,16 @@ class OnnxVisionModel:
         seq = self.backend.new_sequence(len(ids) + max_tokens, processed)
         return _respond(seq, ids, self.tokenizer, self.backend.vocab_size, self.backend.device, self.spec,
                         max_tokens, sampling)
+
+    @contextmanager
+    def _processor_errors(self) -> Iterator[None]:
+        """onnxruntime-genai reads processor_config.json when the processor is made or first used
+        (the version decides) and raises a bare RuntimeError for a missing or broken one."""
+        try:
+            yield
+        except RuntimeError as err:
+            raise ModelLoadError(f"onnxruntime-genai's image processor for {self.folder} failed: {err}",
+                                 "the folder needs the processor_config.json it was exported with") from err
 
 
 def _respond(seq, ids: list[int], tokenizer: ChatTokenizer, vocab_size: int, device, spec: str, max_tokens: int,

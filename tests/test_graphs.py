@@ -181,7 +181,7 @@ def test_onnx_vision_model_reads_the_pixels(tiny_phi3v_onnx, tmp_path):
     from slmflow.runtime.vision import OnnxVisionModel
 
     model = OnnxVisionModel(tiny_phi3v_onnx)
-    light, dark = tmp_path / "light.png", tmp_path / "dark.png"
+    light, dark = tmp_path / "light.png", tmp_path / "dark.webp"  # WebP: not a format onnxruntime-genai decodes
     Image.new("RGB", (400, 300), "white").save(light)
     Image.new("RGB", (400, 300), (20, 40, 160)).save(dark)
     replies = [model.generate("Describe it.", [image], max_tokens=6).result().token_ids for image in (light, dark)]
@@ -194,7 +194,11 @@ def test_onnx_vision_model_errors_name_the_problem(tiny_phi3v_onnx, tmp_path):
 
     with pytest.raises(ModelLoadError, match="without Phi-3.5-vision's vision session"):
         OnnxVisionModel(embedded.ensure_onnx())
+    broken = Path(shutil.copytree(tiny_phi3v_onnx, tmp_path / "broken"))
+    (broken / "processor_config.json").write_text("{", encoding="utf-8")
     page = render_text(tmp_path / "page.png", ["Total 42"])
+    with pytest.raises(ModelLoadError, match="image processor for .*broken failed"):
+        OnnxVisionModel(broken).generate("Read it.", [page], max_tokens=4)  # made or first used
     with pytest.raises(PromptError, match="does not fit the model's context of 8192"):
         OnnxVisionModel(tiny_phi3v_onnx).generate("Read it.", [page, page], max_tokens=4000)
 

@@ -8,6 +8,7 @@ generators instead.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -104,6 +105,12 @@ class OnnxGenaiBackend:
     def new_sequence(self, capacity: int, processed=None) -> OnnxGenaiSequence:
         return OnnxGenaiSequence(self._og, self.model, capacity, self._kv_bytes_per_token, processed)
 
-    def open_images(self, paths: Seq[str | Path]):
-        """Images for the model's multimodal processor, or None for a text-only prompt."""
-        return self._og.Images.open(*map(str, paths)) if paths else None
+    def images(self, pictures: Seq) -> object | None:
+        """Decoded (PIL) images for the model's multimodal processor, handed over as PNG: its own
+        decoders take PNG and JPEG only, and on another format libjpeg ends the whole process."""
+        blobs = []
+        for picture in pictures:
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            blobs.append(buffer.getvalue())
+        return self._og.Images.open_bytes(*blobs) if blobs else None
