@@ -110,22 +110,12 @@ def tiny_phi3v_onnx(tmp_path_factory):
     return build_tiny_phi3v_onnx(tmp_path_factory.mktemp("tiny-phi3v"))
 
 
-def test_phimoe_through_our_loop_matches_transformers_generate(tiny_phimoe):
+@pytest.mark.parametrize("backend", ["hf", "onnx"])  # transformers, and the onnxruntime-genai export
+def test_phimoe_through_our_loop_matches_transformers_generate(backend, tiny_phimoe, request):
     from transformers import AutoModelForCausalLM
 
-    model = load_model(f"hf:{tiny_phimoe}")
-    ids = model.prompt_ids("Hello there")
-    ours = model.generate(ids, max_tokens=12).result().token_ids
-    reference = AutoModelForCausalLM.from_pretrained(tiny_phimoe).eval()
-    theirs = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
-    assert ours == theirs
-
-
-def test_phimoe_on_onnxruntime_genai_matches_transformers_generate(tiny_phimoe, tiny_phimoe_onnx):
-    from transformers import AutoModelForCausalLM
-
-    model = load_model(f"onnx:{tiny_phimoe_onnx}")
-    assert model.backend.config["model"]["type"] == "phimoe"
+    folder = tiny_phimoe if backend == "hf" else request.getfixturevalue("tiny_phimoe_onnx")
+    model = load_model(f"{backend}:{folder}")
     ids = model.prompt_ids("Hello there")
     ours = model.generate(ids, max_tokens=12).result().token_ids
     reference = AutoModelForCausalLM.from_pretrained(tiny_phimoe).eval()
@@ -277,19 +267,13 @@ def test_route_signals_decide_before_the_model_and_narrow_its_choice(onnx_model)
     assert route in ("chat", "tools", "reasoning") and usage.completion_tokens >= 1 and why == "chosen by the model"
 
 
-def test_moe_role_runs_the_configured_phimoe(onnx_model, tiny_phimoe, tmp_path, monkeypatch):
-    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "hf:{tiny_phimoe}"\n', encoding="utf-8")
+@pytest.mark.parametrize("backend", ["hf", "onnx"])
+def test_moe_role_runs_the_configured_phimoe(backend, onnx_model, tiny_phimoe, tmp_path, monkeypatch, request):
+    folder = tiny_phimoe if backend == "hf" else request.getfixturevalue("tiny_phimoe_onnx")
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "{backend}:{folder}"\n', encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     update = AssistantGraph().moe({"messages": [HumanMessage("If Ann has 3 apples and eats 1, how many are left?")]})
-    assert update["trace"][0]["model"] == f"hf:{tiny_phimoe}"
-    assert update["trace"][0]["tokens"] > 0
-
-
-def test_moe_role_runs_a_phimoe_onnx_folder(onnx_model, tiny_phimoe_onnx, tmp_path, monkeypatch):
-    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "onnx:{tiny_phimoe_onnx}"\n', encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    update = AssistantGraph().moe({"messages": [HumanMessage("If Ann has 3 apples and eats 1, how many are left?")]})
-    assert update["trace"][0]["model"] == f"onnx:{tiny_phimoe_onnx}"
+    assert update["trace"][0]["model"] == f"{backend}:{folder}"
     assert update["trace"][0]["tokens"] > 0
 
 
