@@ -113,11 +113,10 @@ class OnnxVisionModel:
                 f"{folder} holds an onnxruntime-genai '{model_type}' model without Phi-3.5-vision's vision session",
                 "point the vision role to a Phi-3.5-vision ONNX folder (genai_config type phi3v) "
                 "or to a transformers image-text-to-text folder")
-        self.folder = folder
-        with self._processor_errors():
-            self.processor = self.backend.model.create_multimodal_processor()
         self.tokenizer = self.backend.tokenizer
         self.spec = str(self.backend.spec)
+        with self._processor_errors():
+            self.processor = self.backend.model.create_multimodal_processor()
 
     def generate(self, prompt: str, images: Sequence[str | Path], *, max_tokens: int = 256,
                  sampling: SamplingParams | None = None) -> Response:
@@ -145,7 +144,7 @@ class OnnxVisionModel:
         try:
             yield
         except RuntimeError as err:
-            raise ModelLoadError(f"onnxruntime-genai's image processor for {self.folder} failed: {err}",
+            raise ModelLoadError(f"onnxruntime-genai's image processor for {self.spec} failed: {err}",
                                  "the folder needs the processor_config.json it was exported with") from err
 
 

@@ -105,17 +105,21 @@ def tiny_phimoe_onnx(tiny_phimoe, tmp_path_factory):
     return export_onnx_folder(tiny_phimoe, tmp_path_factory.mktemp("tiny-phimoe-onnx") / "onnx")
 
 
+@pytest.fixture(params=["hf", "onnx"])  # transformers, and the onnxruntime-genai export
+def phimoe_spec(request, tiny_phimoe):
+    folder = tiny_phimoe if request.param == "hf" else request.getfixturevalue("tiny_phimoe_onnx")
+    return f"{request.param}:{folder}"
+
+
 @pytest.fixture(scope="module")
 def tiny_phi3v_onnx(tmp_path_factory):
     return build_tiny_phi3v_onnx(tmp_path_factory.mktemp("tiny-phi3v"))
 
 
-@pytest.mark.parametrize("backend", ["hf", "onnx"])  # transformers, and the onnxruntime-genai export
-def test_phimoe_through_our_loop_matches_transformers_generate(backend, tiny_phimoe, request):
+def test_phimoe_through_our_loop_matches_transformers_generate(phimoe_spec, tiny_phimoe):
     from transformers import AutoModelForCausalLM
 
-    folder = tiny_phimoe if backend == "hf" else request.getfixturevalue("tiny_phimoe_onnx")
-    model = load_model(f"{backend}:{folder}")
+    model = load_model(phimoe_spec)
     ids = model.prompt_ids("Hello there")
     ours = model.generate(ids, max_tokens=12).result().token_ids
     reference = AutoModelForCausalLM.from_pretrained(tiny_phimoe).eval()
@@ -267,13 +271,11 @@ def test_route_signals_decide_before_the_model_and_narrow_its_choice(onnx_model)
     assert route in ("chat", "tools", "reasoning") and usage.completion_tokens >= 1 and why == "chosen by the model"
 
 
-@pytest.mark.parametrize("backend", ["hf", "onnx"])
-def test_moe_role_runs_the_configured_phimoe(backend, onnx_model, tiny_phimoe, tmp_path, monkeypatch, request):
-    folder = tiny_phimoe if backend == "hf" else request.getfixturevalue("tiny_phimoe_onnx")
-    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "{backend}:{folder}"\n', encoding="utf-8")
+def test_moe_role_runs_the_configured_phimoe(phimoe_spec, onnx_model, tmp_path, monkeypatch):
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "{phimoe_spec}"\n', encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     update = AssistantGraph().moe({"messages": [HumanMessage("If Ann has 3 apples and eats 1, how many are left?")]})
-    assert update["trace"][0]["model"] == f"{backend}:{folder}"
+    assert update["trace"][0]["model"] == phimoe_spec
     assert update["trace"][0]["tokens"] > 0
 
 
