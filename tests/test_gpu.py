@@ -174,13 +174,14 @@ def test_cuda_bf16_model_generates(tiny_phi3_hf):
     assert 1 <= len(result.token_ids) <= 16 and result.finish_reason in ("stop", "length")
 
 
+@pytest.mark.parametrize("rows", [1, 3])  # one row: int4 through our GEMV; several: its dequantized weight
 @pytest.mark.parametrize("bits, tolerance", [(8, 0.02), (4, 0.15)])
-def test_weight_only_linear_matches_bf16(bits, tolerance):
+def test_weight_only_linear_matches_bf16(bits, tolerance, rows):
     from slmflow.runtime.backends.weight_only import quantize_weight_only
 
     torch.manual_seed(0)
     layer = torch.nn.Sequential(torch.nn.Linear(1024, 512, bias=False)).to("cuda", torch.bfloat16)
-    x = torch.randn(3, 1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
     reference = layer(x).float()
     assert quantize_weight_only(layer, bits) == 1
     out = layer(x).float()
@@ -227,10 +228,10 @@ def test_split_kv_decode_attention_greedy_equals_sdpa_end_to_end(tiny_phi3_hf, m
     assert greedy("1") == greedy("0")
 
 
-def _tiny_random(family: str, dtype: torch.dtype):
+def _tiny_random(family: str, dtype: torch.dtype, hidden: int = 96, intermediate: int = 600):
     from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
-    common = {"vocab_size": 300, "hidden_size": 96, "intermediate_size": 600, "num_hidden_layers": 2,
+    common = {"vocab_size": 300, "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": 2,
               "num_attention_heads": 4, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     torch.manual_seed(0)
     if family == "phi3":
@@ -271,3 +272,102 @@ def test_decode_gemv_greedy_equals_modules_end_to_end(tiny_phi3_hf, monkeypatch)
                             lambda hf: "forward" in vars(hf.model.layers[0]))  # residual adds fused
 
     assert greedy("1") == greedy("0")
+
+
+def _rms(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """Phi3RMSNorm / LlamaRMSNorm on a bf16 row, as the modules round it."""
+    xf = x.float()
+    return gain * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("n, k", [(64, 256), (96, 768), (3072, 8192), (9216, 3072)])  # the last: 2 tiles a block
+def test_int4_gemv_prologues_and_epilogues_match_its_dequantized_weight(n, k):
+    from slmflow.runtime.backends import int4_gemv as ig
+
+    torch.manual_seed(0)
+    weight = torch.randn(n, k, device="cuda") * 0.02
+    words, scales = ig.pack(weight)
+    deq = ig.dequantize(words, scales).float()
+    step = (weight.reshape(n, -1, 128).amax(2) - weight.reshape(n, -1, 128).amin(2)) / 15
+    assert ((deq - weight).abs().reshape(n, -1, 128).amax(2) <= 0.51 * step + 0.01 * weight.abs().max()).all()
+    bf = torch.bfloat16
+    x, second = torch.randn(1, k, device="cuda", dtype=bf), torch.randn(1, k, device="cuda", dtype=bf)
+    gain, eps = (torch.rand(k, device="cuda") + 0.5).to(bf), 1e-5
+    bias, residual = torch.randn(n, device="cuda", dtype=bf), torch.randn(n, device="cuda", dtype=bf)
+
+    def product(row: torch.Tensor) -> torch.Tensor:
+        return (deq @ row.float().reshape(-1)).to(bf)
+
+    y, total = ig.int4_add_norm_gemv(x, second, gain, eps, words, scales, None)
+    assert torch.equal(total, x + second)
+    cases = {
+        "plain": (ig.int4_gemv(x, words, scales), product(x)),
+        "norm": (ig.int4_gemv(x, words, scales, norm_weight=gain, eps=eps), product(_rms(x, gain, eps))),
+        "silu gate": (ig.int4_gemv(x, words, scales, up=second), product(second * torch.nn.functional.silu(x))),
+        "add then norm": (y, product(_rms(x + second, gain, eps))),
+        "bias and residual": (ig.int4_gemv(x, words, scales, bias, residual=residual),
+                              (product(x).float() + bias.float()).to(bf) + residual),
+    }
+    for name, (got, want) in cases.items():
+        error = ((got.float() - want.float()).norm() / want.float().norm()).item()
+        assert error < 5e-3, (name, error)
+
+
+def test_int4_gate_up_pairs_give_the_mlp_activation():
+    from slmflow.runtime.backends import int4_gemv as ig
+
+    torch.manual_seed(0)
+    weight = torch.randn(2 * 512, 768, device="cuda") * 0.02
+    plain_packed, paired = ig.pack(weight), ig.pack(weight, silu_pairs=True)
+    deq = ig.dequantize(*plain_packed)
+    assert torch.equal(ig.dequantize(*paired, silu_pairs=True), deq)  # same groups, rows reordered
+    x = torch.randn(1, 768, device="cuda", dtype=torch.bfloat16)
+    gate, up = (x.float() @ deq.float().T).to(torch.bfloat16).chunk(2, dim=-1)
+    want = (up * torch.nn.functional.silu(gate)).float()
+    got = ig.int4_gemv(x, *paired, silu_pairs=True).float()
+    assert ((got - want).norm() / want.norm()).item() < 5e-3
+
+
+@pytest.mark.parametrize("family", ["phi3", "llama"])
+def test_int4_model_with_fused_gemvs_matches_its_unfused_modules(family):
+    """Every linear layer int4 on our kernel; norms, SiLU gate (gate/up pairs for Phi-3) and
+    residual adds fused into it give the logits of the int4 modules run one by one."""
+    from slmflow.runtime.backends import int4_gemv
+    from slmflow.runtime.backends.decode_gemv import use_decode_gemv
+    from slmflow.runtime.backends.weight_only import quantize_weight_only
+
+    model = _tiny_random(family, torch.bfloat16, hidden=256, intermediate=512)
+    layers = 8 if family == "phi3" else 14
+    assert quantize_weight_only(model, 4) == layers
+    assert not any(type(m) is torch.nn.Linear for m in model.model.modules())
+    if family == "phi3":
+        assert model.model.layers[0].mlp.gate_up_proj.silu_pairs
+    one, many = torch.tensor([[7]], device="cuda"), torch.tensor([[7, 8, 9]], device="cuda")
+    with torch.no_grad():
+        ref_one, ref_many = model(one).logits.float(), model(many).logits
+        assert use_decode_gemv(model, min_weight_bytes=0) == (
+            f"{layers + 1} linear layers, 5 RMSNorms, 2 SiLU gates and 4 residual adds fused")
+        out_one, out_many = model(one).logits.float(), model(many).logits
+    assert torch.equal(out_many, ref_many)
+    assert (out_one - ref_one).abs().max() <= 2e-2 * ref_one.abs().max(), (out_one - ref_one).abs().max()
+    assert out_one.argmax() == ref_one.argmax()
+
+
+def test_int4_fast_path_greedy_equals_eager(tiny_phi3_hf):
+    """The int4 model (fused GEMVs) through the CUDA graph gives the eager loop's greedy tokens."""
+    from slmflow.runtime.backends.weight_only import quantize_weight_only
+    from slmflow.runtime.specs import ModelSpec, SpecKind
+    from transformers import AutoTokenizer
+
+    hf = _tiny_random("phi3", torch.bfloat16, hidden=256, intermediate=512)
+    quantize_weight_only(hf, 4)
+    tokenizer = ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), eos_token_ids=[])
+    backend = TransformersBackend(hf, tokenizer, ModelSpec(kind=SpecKind.HF, location="tiny-int4"))
+    assert backend.fast_path and "forward" in vars(hf.model.layers[0])  # graph path, residual adds fused
+    model = Model(backend, CacheBudget())
+    model.cache.enabled = False
+    prompt = [5, 17, 42, 99, 7, 250, 3]
+    fast = model.generate(prompt, max_tokens=24, stop_on_loops=False).result().token_ids
+    backend.fast_path = False
+    eager = model.generate(prompt, max_tokens=24, stop_on_loops=False).result().token_ids
+    assert len(fast) == 24 and fast == eager

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from slmflow.runtime.backends.int4_gemv import Int4Linear, int4_add_norm_gemv, int4_gemv
 from torch import nn
 
 BLOCK_N = 4
@@ -164,24 +165,52 @@ def covers(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dim() == 2 and weight.stride(1) == 1 and type(weight) in (torch.Tensor, nn.Parameter))
 
 
-def _linear_forward(layer: nn.Linear):
+def _covers(x: torch.Tensor, layer: nn.Module) -> bool:
+    return layer.covers(x) if isinstance(layer, Int4Linear) else covers(x, layer.weight)
+
+
+def _norm_args(norm) -> dict:
+    return {} if norm is None else {"norm_weight": norm.weight, "eps": norm.variance_epsilon}
+
+
+def _gemv(layer: nn.Module, x: torch.Tensor, **fused) -> torch.Tensor:
+    """:func:`gemv` on a bf16 layer, :func:`int4_gemv` on an int4 one; ``fused`` as they take it."""
+    if isinstance(layer, Int4Linear):
+        return int4_gemv(x, layer.words, layer.scales, layer.bias, **fused)
+    return gemv(x, layer.weight, layer.bias, **fused)
+
+
+def _add_norm_gemv(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(layer, Int4Linear):
+        return int4_add_norm_gemv(x, residual, norm.weight, norm.variance_epsilon, layer.words, layer.scales,
+                                  layer.bias, layer.silu_pairs)
+    return add_norm_gemv(x, residual, norm.weight, norm.variance_epsilon, layer.weight, layer.bias)
+
+
+def _silu_pairs(mlp_in: list) -> bool:
+    """Whether the MLP's gate_up is int4 packed in gate/up pairs: its GEMV then returns the
+    activation ``up * silu(gate)`` and the down projection needs no prologue."""
+    return len(mlp_in) == 1 and getattr(mlp_in[0], "silu_pairs", False)
+
+
+def _linear_forward(layer: nn.Module):
+    plain = layer.forward
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not covers(x, layer.weight):
-            return nn.functional.linear(x, layer.weight, layer.bias)
-        norm = getattr(layer, "_slmflow_norm", None)
-        if norm is None:
-            return gemv(x, layer.weight, layer.bias)
-        return gemv(x, layer.weight, layer.bias, norm.weight, norm.variance_epsilon)
+        if not _covers(x, layer):
+            return plain(x)
+        y = _gemv(layer, x, **_norm_args(getattr(layer, "_slmflow_norm", None)))
+        return layer.unpaired(y) if isinstance(layer, Int4Linear) else y
 
     return forward
 
 
-def _skipped_norm_forward(norm: nn.Module, consumer: nn.Linear):
+def _skipped_norm_forward(norm: nn.Module, consumer: nn.Module):
     """The norm passes one-row inputs through untouched: its consumers apply it in their GEMV."""
     plain = norm.forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return x if covers(x, consumer.weight) else plain(x)
+        return x if _covers(x, consumer) else plain(x)
 
     return forward
 
@@ -198,14 +227,18 @@ def _gate_and_up(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _mlp_forward(mlp: nn.Module):
-    """Phi-3's and Llama's MLP with ``silu(gate) * up`` computed inside the down projection."""
+    """Phi-3's and Llama's MLP with ``silu(gate) * up`` computed inside the down projection (or,
+    for gate/up pairs, in gate_up's epilogue)."""
     plain, mlp_in = mlp.forward, _mlp_inputs(mlp)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not covers(x, mlp_in[0].weight):
+        if not _covers(x, mlp_in[0]):
             return plain(x)
+        if _silu_pairs(mlp_in):
+            norm = getattr(mlp_in[0], "_slmflow_norm", None)
+            return _gemv(mlp.down_proj, _gemv(mlp_in[0], x, **_norm_args(norm), silu_pairs=True))
         gate, up = _gate_and_up([lin(x) for lin in mlp_in])
-        return gemv(gate, mlp.down_proj.weight, mlp.down_proj.bias, up=up)
+        return _gemv(mlp.down_proj, gate, up=up)
 
     return forward
 
@@ -218,13 +251,15 @@ def _layer_forward(layer: nn.Module):
     mlp_in = _mlp_inputs(mlp)
 
     def forward(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or layer.training or not covers(hidden_states, mlp_in[0].weight):
+        if args or layer.training or not _covers(hidden_states, mlp_in[0]):
             return plain(hidden_states, *args, **kwargs)
         attn_out = attn(hidden_states=layer.input_layernorm(hidden_states), **kwargs)[0]
-        outs = [add_norm_gemv(attn_out, hidden_states, norm.weight, norm.variance_epsilon, lin.weight, lin.bias)
-                for lin in mlp_in]
+        if _silu_pairs(mlp_in):
+            act, total = _add_norm_gemv(mlp_in[0], attn_out, hidden_states, norm)
+            return _gemv(mlp.down_proj, act, residual=total)
+        outs = [_add_norm_gemv(lin, attn_out, hidden_states, norm) for lin in mlp_in]
         gate, up = _gate_and_up([y for y, _ in outs])
-        return gemv(gate, mlp.down_proj.weight, mlp.down_proj.bias, up=up, residual=outs[0][1])
+        return _gemv(mlp.down_proj, gate, up=up, residual=outs[0][1])
 
     return forward
 
@@ -249,7 +284,8 @@ def _children(module, *names: str) -> list:
 
 def use_decode_gemv(model: nn.Module, min_weight_bytes: int | None = None) -> str:
     """Route the one-row calls of the model's large ``nn.Linear`` layers through :func:`gemv`
-    (prefill keeps the modules' own code), fold RMSNorms and SiLU gates into them where the model
+    and of its int4 layers (all of them) through :func:`int4_gemv` (prefill keeps the modules'
+    own code), fold RMSNorms and SiLU gates into them where the model
     is laid out as Phi-3 and Llama are; returns what was switched, for the log line.
 
     The model is meant for our decode step afterwards: a one-row forward's ``last_hidden_state``
@@ -258,8 +294,8 @@ def use_decode_gemv(model: nn.Module, min_weight_bytes: int | None = None) -> st
     switched = norms = gates = adds = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if (type(module) is nn.Linear and isinstance(weight, torch.Tensor)
-                and weight.numel() * weight.element_size() >= min_weight_bytes):
+        if isinstance(module, Int4Linear) or (type(module) is nn.Linear and isinstance(weight, torch.Tensor)
+                                               and weight.numel() * weight.element_size() >= min_weight_bytes):
             module.forward = _linear_forward(module)
             module._slmflow_gemv = True
             switched += 1

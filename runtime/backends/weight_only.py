@@ -6,8 +6,10 @@ gpt-fast's recipes with kernels from PyTorch itself, so nothing beyond torch is 
 
 * int8: per-output-channel symmetric scales; the layer computes ``linear(x, w.to(bf16)) * scale``,
   which torch.compile fuses into one kernel that reads the int8 weight.
-* int4: asymmetric per-group (128 inputs) scales and zeros, packed for ATen's tinygemm kernel
-  (``_weight_int4pack_mm``, sm80 and newer).
+* int4: asymmetric per-group (128 inputs) scales and minimums, packed for our tensor-core GEMV
+  (``int4_gemv``, which decode_gemv fuses with the norms, SiLU gate and residual adds); where that
+  cannot be built (no ``cuda-bindings``, no NVRTC, a GPU older than sm_80), packed for ATen's
+  tinygemm kernel (``_weight_int4pack_mm``) instead, which one log line says.
 
 The embeddings and the output head (``lm_head``) stay in bf16: the head decides the token, and
 its error would show in every greedy choice.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from slmflow.runtime.backends import int4_gemv
 from torch import nn
 
 log = logging.getLogger("slmflow")
@@ -67,17 +70,26 @@ class Int4WeightOnlyLinear(nn.Module):
 
 def quantize_weight_only(model: nn.Module, bits: int) -> int:
     """Replace the model's linear layers (not ``lm_head``) in place; returns how many were replaced.
-    int4 needs in_features divisible by 128 (other layers are left in bf16)."""
+    int4 needs in_features divisible by 256 (other layers are left in bf16)."""
     if bits not in (4, 8):
         raise ValueError(f"weight-only quantization is int8 or int4, not int{bits}")
+    why_not = int4_gemv.available() if bits == 4 else None
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear) or name == "lm_head":
                 continue
-            if bits == 4 and child.in_features % (GROUP_SIZE * 2) != 0:
+            if bits == 8:
+                setattr(parent, name, Int8WeightOnlyLinear(child))
+            elif child.in_features % (GROUP_SIZE * 2) != 0:
                 continue
-            setattr(parent, name, Int8WeightOnlyLinear(child) if bits == 8 else Int4WeightOnlyLinear(child))
+            elif why_not is None and child.out_features % 32 == 0:
+                # gate_up packed in gate/up pairs, so that its GEMV can end in the MLP's SiLU gate
+                pairs = name == "gate_up_proj" and child.bias is None
+                setattr(parent, name, int4_gemv.Int4Linear(child, silu_pairs=pairs))
+            else:
+                setattr(parent, name, Int4WeightOnlyLinear(child))
             replaced += 1
-    log.info("weight-only int%d: %d linear layers quantized", bits, replaced)
+    kernel = "" if bits == 8 else " (tensor-core int4 GEMV)" if why_not is None else f" (ATen tinygemm: {why_not})"
+    log.info("weight-only int%d: %d linear layers quantized%s", bits, replaced, kernel)
     return replaced
