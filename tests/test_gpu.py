@@ -313,11 +313,12 @@ def test_int4_gemv_prologues_and_epilogues_match_its_dequantized_weight(n, k):
         assert error < 5e-3, (name, error)
 
 
-def test_int4_gate_up_pairs_give_the_mlp_activation():
+@pytest.mark.parametrize("rows", [512, 8192])  # the latter: more tiles than blocks, a block streams several
+def test_int4_gate_up_pairs_give_the_mlp_activation(rows):
     from slmflow.runtime.backends import int4_gemv as ig
 
     torch.manual_seed(0)
-    weight = torch.randn(2 * 512, 768, device="cuda") * 0.02
+    weight = torch.randn(2 * rows, 768, device="cuda") * 0.02
     plain_packed, paired = ig.pack(weight), ig.pack(weight, silu_pairs=True)
     deq = ig.dequantize(*plain_packed)
     assert torch.equal(ig.dequantize(*paired, silu_pairs=True), deq)  # same groups, rows reordered

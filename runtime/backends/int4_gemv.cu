@@ -53,9 +53,12 @@ __device__ __forceinline__ void mma(float* c, u32 w, u32 b0, u32 b1) {
           "r"(nibbles_to_bf16x2(w >> 12)), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ u32x4 load_stream(const u32x4* p) {  // read once: no L1 allocation
+// Read once: no L1 allocation. Not ld.global.nc: ptxas moved non-coherent loads below the
+// prologue's __syncthreads (for the o and down projections' shapes), so a block asked for part of
+// its weights only after the prologue; a coherent load stays on the side of the barrier it was put.
+__device__ __forceinline__ u32x4 load_stream(const u32x4* p) {
     u32x4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
