@@ -9,7 +9,7 @@ weight stays under the memory time (Triton int4 kernels of ours that unpacked on
 slower than tinygemm; bench/RESULTS.md).
 
 The kernel is CUDA C++ compiled at run time by NVRTC through NVIDIA's ``cuda-bindings`` (one
-compile per layer shape, a second or so each). Without it, or on a GPU older than sm_80, the int4
+compile per layer shape and fusion, cached for the process). Without it, or on a GPU older than sm_80, the int4
 layers use tinygemm (as they do with ``SLMFLOW_INT4_GEMV=0``): :func:`available` says why, and
 ``weight_only`` logs which kernel runs.
 """
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
-
-log = logging.getLogger("slmflow")
 
 GROUP_SIZE = 128
 TILE_ROWS = 16

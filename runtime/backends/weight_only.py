@@ -2,7 +2,7 @@
 
 Single-stream decoding reads every weight once per token, so halving (int8) or quartering (int4)
 the bytes read raises the bandwidth roofline by 2x or 4x; activations stay bf16. Both follow
-gpt-fast's recipes with kernels from PyTorch itself, so nothing beyond torch is needed:
+gpt-fast's recipes:
 
 * int8: per-output-channel symmetric scales; the layer computes ``linear(x, w.to(bf16)) * scale``,
   which torch.compile fuses into one kernel that reads the int8 weight.
