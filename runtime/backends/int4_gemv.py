@@ -122,6 +122,18 @@ def _launch(function, grid: int, block: int, args: list) -> None:
     _check(driver.cuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, stream, (values, types), 0))
 
 
+def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(q, scale, low)``: ``weight`` (n x k) as integers 0-15 in groups of 128 inputs, each group
+    ``q * scale + low`` with its own minimum and step (tinygemm's recipe, also ours); q is int64
+    n x k, scale and low fp32 n x k/128."""
+    n, k = weight.shape
+    groups = weight.float().reshape(n, k // GROUP_SIZE, GROUP_SIZE)
+    low, high = groups.amin(dim=2), groups.amax(dim=2)
+    scale = ((high - low) / 15).clamp(min=1e-6)
+    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int64).reshape(n, k)
+    return q, scale, low
+
+
 def pack(weight: torch.Tensor, silu_pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(words, scales)``: ``weight`` quantized to int4 in groups of 128 inputs (scale and minimum
     per group, tinygemm's recipe) and laid out as int4_gemv.cu reads it. With ``silu_pairs`` the
@@ -134,10 +146,7 @@ def pack(weight: torch.Tensor, silu_pairs: bool = False) -> tuple[torch.Tensor, 
     weight = weight.detach()
     if silu_pairs:
         weight = weight.reshape(2, n // 16, 8, k).transpose(0, 1).reshape(n, k)
-    groups = weight.float().reshape(n, k // GROUP_SIZE, GROUP_SIZE)
-    low, high = groups.amin(dim=2), groups.amax(dim=2)
-    scale = ((high - low) / 15).clamp(min=1e-6)
-    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int64).reshape(n, k)
+    q, scale, low = quantize_groups(weight)
     # (tile, row half h, g, chunk, step j, column half, t, pair e) -> (tile, chunk, lane = 4 g + t, j, nibble)
     # with nibble n = 4 e + 2 (column half) + h, as int4_gemv.cu reads it.
     nibbles = q.reshape(n // 16, 2, 8, k // 64, 4, 2, 4, 2).permute(0, 3, 2, 6, 4, 7, 5, 1).reshape(-1, 8)

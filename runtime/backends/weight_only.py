@@ -25,7 +25,7 @@ from torch import nn
 
 log = logging.getLogger("slmflow")
 
-GROUP_SIZE = 128
+GROUP_SIZE = int4_gemv.GROUP_SIZE
 INNER_K_TILES = 8
 
 
@@ -47,15 +47,12 @@ class Int4WeightOnlyLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().to(torch.bfloat16)
-        n, k = weight.shape
-        groups = weight.float().reshape(n, k // GROUP_SIZE, GROUP_SIZE)
-        low, high = groups.amin(dim=2, keepdim=True), groups.amax(dim=2, keepdim=True)
-        scale = ((high - low) / 15).clamp(min=1e-6)
+        n = weight.shape[0]
+        q, scale, low = int4_gemv.quantize_groups(weight)
         zero = low + scale * 8  # tinygemm dequantizes (q - 8) * scale + zero
-        q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
         packed = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
         self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack(packed, INNER_K_TILES))
-        scales_and_zeros = torch.stack([scale.squeeze(2), zero.squeeze(2)], dim=2)  # n, groups, 2
+        scales_and_zeros = torch.stack([scale, zero], dim=2)  # n, groups, 2
         self.register_buffer("scales_and_zeros", scales_and_zeros.transpose(0, 1).contiguous().to(torch.bfloat16))
         self.out_features = n
         self.bias = linear.bias
