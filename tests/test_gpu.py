@@ -209,6 +209,71 @@ def test_split_kv_decode_attention_matches_sdpa(heads, kv_heads, dim, filled, dt
     assert torch.allclose(out, reference, atol=tolerance, rtol=tolerance), (out - reference).abs().max()
 
 
+@pytest.mark.parametrize("heads, kv_heads, dim, rotary, filled", [
+    (32, 32, 96, 96, 600), (9, 3, 64, 64, 513), (4, 2, 16, 16, 0), (4, 4, 32, 16, 767)])  # 16 of 32: partial rotary
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_kv_attention_matches_transformers_rotary_cache_write_and_sdpa(heads, kv_heads, dim, rotary, filled, dtype):
+    from slmflow.runtime.backends.decode_attention import rope_kv_attention
+    from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    slots, cuda = 768, {"device": "cuda", "dtype": dtype}
+    query, key, value = (torch.randn(n * dim, **cuda) for n in (heads, kv_heads, kv_heads))
+    cos, sin = torch.randn(rotary, **cuda), torch.randn(rotary, **cuda)
+    key_cache, value_cache = torch.randn(1, kv_heads, slots, dim, **cuda), torch.randn(1, kv_heads, slots, dim, **cuda)
+    key_cache[:, :, filled:], value_cache[:, :, filled:] = float("nan"), float("nan")  # never read
+    length = torch.tensor(filled, device="cuda")
+    mask = (torch.arange(slots, device="cuda") <= filled).view(1, 1, 1, slots)
+    rotated_q, rotated_k = apply_rotary_pos_emb(query.view(1, heads, 1, dim), key.view(1, kv_heads, 1, dim),
+                                                cos.view(1, 1, rotary), sin.view(1, 1, rotary))
+    keys, values = key_cache.clone(), value_cache.clone()
+    keys[:, :, filled], values[:, :, filled] = rotated_k[:, :, 0], value.view(kv_heads, dim)
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        rotated_q.float(), keys[:, :, :filled + 1].float(), values[:, :, :filled + 1].float(),
+        enable_gqa=heads != kv_heads).transpose(1, 2)
+
+    out = rope_kv_attention(query, key, value, cos, sin, key_cache, value_cache, length, mask, dim ** -0.5).float()
+    assert length.item() == filled + 1
+    assert torch.equal(key_cache[:, :, :filled + 1], keys[:, :, :filled + 1])  # rotary rounded as transformers rounds it
+    assert torch.equal(value_cache[:, :, :filled + 1], values[:, :, :filled + 1])
+    assert torch.isnan(key_cache[:, :, filled + 1:]).all() and torch.isnan(value_cache[:, :, filled + 1:]).all()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(out, reference, atol=tolerance, rtol=tolerance), (out - reference).abs().max()
+
+
+@pytest.mark.parametrize("family", ["phi3", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_attention_step_matches_the_modules_on_a_static_cache(family, dtype):
+    import inspect
+
+    from slmflow.runtime.backends.decode_attention import use_decode_attention
+    from transformers import StaticCache
+
+    model = _tiny_random(family, dtype)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def prompt_then_step() -> tuple[torch.Tensor, StaticCache]:
+        cache = StaticCache(config=model.config, max_cache_len=64)
+        with torch.no_grad():
+            for ids, start in (([5, 6, 7, 8, 9], 0), ([10], 5), ([11], 6)):
+                positions = torch.arange(start, start + len(ids), device="cuda")
+                logits = model(input_ids=torch.tensor([ids], device="cuda"), cache_position=positions,
+                               position_ids=positions[None], **{cache_arg: cache}).logits[0, -1].float()
+        return logits, cache
+
+    ref_logits, ref_cache = prompt_then_step()
+    assert use_decode_attention(model).endswith("fused in 2 layers")
+    logits, cache = prompt_then_step()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    first = cache.layers[0], ref_cache.layers[0]  # same input, so rotary and writes must match exactly
+    assert torch.equal(first[0].keys[:, :, :7], first[1].keys[:, :, :7])
+    assert torch.equal(first[0].values[:, :, :7], first[1].values[:, :, :7])
+    for mine, theirs in zip(cache.layers, ref_cache.layers):  # later layers see attention's rounding
+        assert mine.cumulative_length.item() == theirs.cumulative_length.item() == 7
+        assert torch.allclose(mine.keys[:, :, :8], theirs.keys[:, :, :8], atol=tolerance, rtol=tolerance)
+    assert (logits - ref_logits).abs().max() <= tolerance * ref_logits.abs().max(), (logits - ref_logits).abs().max()
+
+
 def _greedy_with(variable: str, opt_in: str, folder, monkeypatch, switched) -> list[int]:
     """Greedy tokens of a fresh fp32 backend built with ``variable`` set to ``opt_in``; ``switched``
     says from the loaded model whether the kernel is in use, which must agree with the switch."""

@@ -96,8 +96,9 @@ class TransformersBackend:
         if self.fast_path and triton_kernel_wanted("SLMFLOW_DECODE_ATTENTION"):
             from slmflow.runtime.backends.decode_attention import use_decode_attention
 
-            if use_decode_attention(model):
-                why += " + split-KV decode attention"
+            attention = use_decode_attention(model)
+            if attention:
+                why += f" + {attention}"
         if self.fast_path and triton_kernel_wanted("SLMFLOW_DECODE_GEMV"):
             from slmflow.runtime.backends.decode_gemv import use_decode_gemv
 
