@@ -17,6 +17,7 @@ Prefill (more than one query row) and anything this kernel does not cover go to 
 code unchanged.
 """
 
+import threading
 from typing import Optional
 
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 NAME = "slmflow_decode"
 _TARGET_PROGRAMS = 1056  # about eight thread blocks per SM on an H100
 ROPE_ATTENTIONS = ("Phi3Attention", "LlamaAttention")  # forwards read and matched to _rope_forward
-_locks: dict[torch.device, torch.Tensor] = {}
+_locks: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 @triton.jit
@@ -137,13 +138,15 @@ def split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, part_ptr, ml_ptr, out_ptr, lock_
 
 
 def _lock(device: torch.device, heads: int) -> torch.Tensor:
-    """Zeroed counters the kernel leaves zeroed; one set per device, never freed, since captured
-    graphs hold its address. Kernels on one stream run one after another, so they can share it."""
-    if device not in _locks:
-        _locks[device] = torch.zeros(4096, dtype=torch.int32, device=device)
-    if heads + 1 > _locks[device].numel():
-        raise ValueError(f"split-KV attention supports up to {_locks[device].numel() - 1} heads, got {heads}")
-    return _locks[device]
+    """Zeroed counters the kernel leaves zeroed. One set per device and thread, never freed, since
+    captured graphs hold its address: one thread's kernels run one after another, but two threads
+    (the worker threads of two served models) may run theirs at the same time."""
+    key = (device, threading.get_ident())
+    if key not in _locks:
+        _locks[key] = torch.zeros(4096, dtype=torch.int32, device=device)
+    if heads + 1 > _locks[key].numel():
+        raise ValueError(f"split-KV attention supports up to {_locks[key].numel() - 1} heads, got {heads}")
+    return _locks[key]
 
 
 def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],  # noqa: UP045
