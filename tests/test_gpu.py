@@ -244,13 +244,12 @@ def test_rope_kv_attention_matches_transformers_rotary_cache_write_and_sdpa(head
 @pytest.mark.parametrize("family", ["phi3", "llama"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_attention_step_matches_the_modules_on_a_static_cache(family, dtype):
-    import inspect
-
     from slmflow.runtime.backends.decode_attention import use_decode_attention
+    from slmflow.runtime.backends.transformers_backend import cache_keyword
     from transformers import StaticCache
 
     model = _tiny_random(family, dtype)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_arg = cache_keyword(model)
 
     def prompt_then_step() -> tuple[torch.Tensor, StaticCache]:
         cache = StaticCache(config=model.config, max_cache_len=64)

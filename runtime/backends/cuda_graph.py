@@ -19,12 +19,12 @@ back to the real length makes their slots future positions that decoding overwri
 
 from __future__ import annotations
 
-import inspect
 import logging
 import weakref
 from collections.abc import Sequence as Seq
 
 import torch
+from slmflow.runtime.backends.transformers_backend import cache_keyword
 from slmflow.runtime.errors import PromptError
 
 log = logging.getLogger("slmflow")
@@ -99,7 +99,7 @@ class CudaGraphSequence:
         weakref.finalize(self, self._pool.give, self._g)
         self.capacity = self._g.capacity
         self.cache = self._g.cache
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_keyword(model)
         self.length = 0
         self._set_write_position(0)
 

@@ -33,8 +33,7 @@ class TransformersSequence:
         self.cache = DynamicCache(config=model.config)
         self.length = 0
         self.capacity = capacity
-        # transformers 5.2x renamed `past_key_values` to `cache`; accept either spelling.
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_keyword(model)
 
     @torch.inference_mode()
     def extend(self, token_ids: Seq[int], **model_inputs) -> torch.Tensor:
@@ -59,6 +58,12 @@ class TransformersSequence:
 
     def nbytes(self) -> int:
         return cache_nbytes(self.cache)
+
+
+def cache_keyword(model) -> str:
+    """The keyword the model's forward takes its KV cache by: transformers 5.2x renamed
+    ``past_key_values`` to ``cache``, and either release may be installed."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def cache_nbytes(cache) -> int:
