@@ -436,3 +436,26 @@ def test_int4_fast_path_greedy_equals_eager(tiny_phi3_hf):
     backend.fast_path = False
     eager = model.generate(prompt, max_tokens=24, stop_on_loops=False).result().token_ids
     assert len(fast) == 24 and fast == eager
+
+
+def test_our_ops_reach_inductor_as_registered_fallbacks_not_implicit_ones(tiny_phi3_hf, caplog):
+    """An op inductor meets without a lowering is an "implicit fallback", and torch 2.11 first
+    prints its operands, recursively: text doubling with each layer, so the int4 Phi-3.5-mini step
+    never finished compiling. Our ops are registered before the compile, so none of them is met
+    that way (caches off, so the step is lowered here; the line is logged at INFO)."""
+    import logging
+
+    from slmflow.runtime.backends.weight_only import quantize_weight_only
+    from slmflow.runtime.specs import ModelSpec, SpecKind
+    from transformers import AutoTokenizer
+
+    hf = _tiny_random("phi3", torch.bfloat16, hidden=256, intermediate=512)
+    quantize_weight_only(hf, 4)
+    tokenizer = ChatTokenizer(AutoTokenizer.from_pretrained(tiny_phi3_hf), eos_token_ids=[])
+    backend = TransformersBackend(hf, tokenizer, ModelSpec(kind=SpecKind.HF, location="tiny-int4-logged"))
+    caplog.set_level(logging.INFO, logger="torch._inductor.graph")
+    with torch._inductor.config.patch(force_disable_caches=True):
+        reply = Model(backend, CacheBudget()).generate([5, 17, 42], max_tokens=4, stop_on_loops=False).result()
+    implicit = [r.getMessage()[:300] for r in caplog.records if "implicit fallback" in r.getMessage()]
+    assert len(reply.token_ids) == 4
+    assert not [m for m in implicit if "slmflow" in m], implicit

@@ -220,6 +220,31 @@ def _step_function(model, input_ids, positions, cache, cache_arg):
 _compiled: dict[int, object] = {}
 
 
+def _lower_our_ops_as_fallbacks() -> None:
+    """Registers each ``slmflow::`` custom op with inductor as a fallback (a call to the op, what
+    inductor does anyway for ops it cannot lower) before compiling.
+
+    Without this, torch 2.11's inductor met each op without a lowering as an "implicit fallback" and
+    first built a log line printing its operands; each operand prints the ops that produced it,
+    down to the graph inputs, so the text doubles with each layer whose residual stream feeds two
+    fused ops. In the int4 recipe the first ``slmflow::gemv`` is the bf16 lm_head's, 32 layers
+    deep in the Phi-3.5-mini shape: its compile had not finished after 180 s, twice on an H100
+    (bench/RESULTS.md). Torch 2.13 builds that line lazily; registering first skips it in both."""
+    try:
+        from torch._inductor.lowering import lowerings, make_fallback, tag_to_layout_constraint
+        from torch._library.utils import get_layout_constraint_tag
+
+        for name in torch._C._dispatch_get_all_op_names():
+            if name.startswith("slmflow::"):
+                op_name, _, overload = name.removeprefix("slmflow::").partition(".")
+                op = getattr(getattr(torch.ops.slmflow, op_name), overload or "default")
+                if op not in lowerings:
+                    tag = get_layout_constraint_tag(op, with_default=True)
+                    make_fallback(op, layout_constraint=tag_to_layout_constraint(tag))
+    except (ImportError, AttributeError, TypeError) as err:  # inductor internals of another torch
+        log.debug("slmflow ops left to inductor's implicit fallbacks (%s)", err)
+
+
 def _compiled_step(model):
     """torch.compile of the decode step, one per model; None where compile is unavailable, after
     one log line.
@@ -248,6 +273,7 @@ def _compiled_step(model):
             # SLMFLOW_TORCH_COMPILE_MODE, e.g. "max-autotune-no-cudagraphs" (we capture the graph
             # ourselves), trades a longer first compile for tuned matmul kernels.
             mode = os.environ.get("SLMFLOW_TORCH_COMPILE_MODE") or None
+            _lower_our_ops_as_fallbacks()
             _compiled[key] = torch.compile(step, dynamic=None, mode=mode)
         except Exception as err:  # no inductor/triton for this device or torch build
             log.warning("torch.compile unavailable (%s); the CUDA graph replays eager kernels", err)
