@@ -7,6 +7,7 @@
 //   CHUNKS    64-column chunks per warp (even: a 128-column quantization group is two chunks)
 //   PROLOGUE  0 plain, 1 RMSNorm, 2 up * silu(gate), 3 residual add then RMSNorm
 //   HAS_BIAS, HAS_RESIDUAL  0 or 1
+//   PDL       1 on sm_90+: launched as a programmatic dependent of the kernel before it (see int4_gemv)
 //   SILU_PAIRS  1: each 16-row tile holds 8 gate rows then the 8 matching up rows (Phi-3's gate_up
 //               packed so), and the block writes up * silu(gate) for its 8 pairs: the MLP's
 //               activation comes out of the gate_up GEMV and the down projection needs no prologue
@@ -170,6 +171,24 @@ int4_gemv(const u32x4* __restrict__ wq, const u32x2* __restrict__ scales, const 
     const size_t tile0 = (size_t)blockIdx.x * TILES;
     const size_t row = tile0 * 16 + (threadIdx.x % (TILES * 16));
 
+#if PDL
+    // Launched with programmatic stream serialization (sm_90+): this block can start while the
+    // kernel before it (the previous GEMV) is still finishing. Nothing before us writes our weights
+    // and scales, so L2 is asked for them now; then wait for that kernel's output (our input).
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < TILES; ++r) {
+            const u32x4* wp = wq + ((tile0 + r) * (K_COLS / 64) + warp * CHUNKS) * 32;
+            const u32x2* sp = scales + ((tile0 + r) * GROUPS + warp * (CHUNKS / 2)) * 8;
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(wp), "r"(CHUNKS * 512) : "memory");
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(sp), "r"(CHUNKS * 32) : "memory");
+        }
+    }
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    // Every block of ours is resident once each has passed here: the next kernel may launch into
+    // the room our finished blocks leave, to prefetch its own weights.
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     Input in;
     load_input(in, x, second, gamma);
     float epilogue = 0.f;  // bias and residual of the row that thread < TILES * 16 writes, also requested early

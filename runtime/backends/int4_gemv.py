@@ -91,7 +91,7 @@ def _module(device: int, ksplit: int, k: int = 0, prologue: int = PLAIN, bias: b
     k = k or ksplit * 128
     major, minor = torch.cuda.get_device_capability(device)
     defines = {"KSPLIT": ksplit, "CHUNKS": k // 64 // ksplit, "PROLOGUE": prologue, "HAS_BIAS": int(bias),
-               "HAS_RESIDUAL": int(residual), "SILU_PAIRS": int(silu_pairs), "TILES": tiles}
+               "HAS_RESIDUAL": int(residual), "SILU_PAIRS": int(silu_pairs), "TILES": tiles, "PDL": int(major >= 9)}
     (program,) = _check(nvrtc.nvrtcCreateProgram(SOURCE.read_bytes(), b"int4_gemv.cu", 0, [], []))
     options = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"--std=c++17",
                *(f"-D{name}={value}".encode() for name, value in defines.items())]
@@ -109,17 +109,31 @@ def _module(device: int, ksplit: int, k: int = 0, prologue: int = PLAIN, bias: b
         torch.cuda.current_stream()  # makes the primary context current in this thread
         (module,) = _check(driver.cuModuleLoadData(cubin))
     return {"module": module, "gemv": _check(driver.cuModuleGetFunction(module, b"int4_gemv"))[0],
-            "dequantize": _check(driver.cuModuleGetFunction(module, b"int4_dequantize"))[0]}
+            "dequantize": _check(driver.cuModuleGetFunction(module, b"int4_dequantize"))[0], "pdl": major >= 9}
 
 
-def _launch(function, grid: int, block: int, args: list) -> None:
+def _launch(function, grid: int, block: int, args: list, dependent: bool = False) -> None:
+    """Launch on torch's current stream; ``dependent`` (sm_90+) with programmatic stream
+    serialization, so the kernel's blocks may start before the previous kernel ends: the GEMV
+    waits (``griddepcontrol.wait``) before it reads anything that kernel wrote."""
     from cuda.bindings import driver
 
     values = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
     types = tuple(ctypes.c_float if isinstance(a, float) else ctypes.c_int if isinstance(a, int) else ctypes.c_void_p
                   for a in args)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    _check(driver.cuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, stream, (values, types), 0))
+    if not dependent:
+        _check(driver.cuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, stream, (values, types), 0))
+        return
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = grid, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = block, 1, 1
+    config.sharedMemBytes, config.hStream = 0, stream
+    attribute = driver.CUlaunchAttribute()
+    attribute.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attribute.value.programmaticStreamSerializationAllowed = 1
+    config.attrs, config.numAttrs = [attribute], 1
+    _check(driver.cuLaunchKernelEx(config, function, (values, types), 0))
 
 
 def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -211,7 +225,7 @@ def _run(x, words, scales, prologue, second, norm_weight, eps, bias, residual, s
         words, scales, flat, second.reshape(-1).contiguous() if second is not None else flat,
         norm_weight if norm_weight is not None else flat, bias if bias is not None else flat,
         residual.reshape(-1).contiguous() if residual is not None else flat, y,
-        sum_out if sum_out is not None else y, float(eps)])
+        sum_out if sum_out is not None else y, float(eps)], dependent=kernels["pdl"])
     return y
 
 
