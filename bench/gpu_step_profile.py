@@ -5,7 +5,9 @@
 Builds the random-weight model of ``bench/gpu_decode.py``, prefills 640 tokens on a 776-slot
 sequence, captures the decode step, prints three timings of 100 graph replays (us/step, tok/s),
 then (unless ``--no-profile``) the kernels of 10 replays under torch.profiler: time per step,
-launches per step, time per launch. A GPU-only diagnostic; the targets are checked by
+launches per step, time per launch. With ``--int4`` on sm_90+ the int4 GEMVs start before the
+kernel ahead of them ends (programmatic dependent launch), so their times include that overlap and
+the kernel total exceeds the replay time. A GPU-only diagnostic; the targets are checked by
 ``gpu_decode.py``.
 """
 
