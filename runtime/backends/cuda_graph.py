@@ -231,7 +231,11 @@ def _lower_our_ops_as_fallbacks() -> None:
     deep in the Phi-3.5-mini shape: its compile had not finished after 180 s, twice on an H100
     (bench/RESULTS.md). Torch 2.13 builds that line lazily; registering first skips it in both."""
     try:
-        from torch._inductor.lowering import lowerings, make_fallback, tag_to_layout_constraint
+        from torch._inductor.lowering import (
+            lowerings,
+            make_fallback,
+            tag_to_layout_constraint,
+        )
         from torch._library.utils import get_layout_constraint_tag
 
         for name in torch._C._dispatch_get_all_op_names():
