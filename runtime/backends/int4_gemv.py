@@ -95,8 +95,9 @@ def _module(device: int, ksplit: int, k: int = 0, prologue: int = PLAIN, bias: b
 
     k = k or ksplit * 128
     major, minor = torch.cuda.get_device_capability(device)
+    dependent = major >= 9  # programmatic dependent launch (griddepcontrol) needs sm_90
     defines = {"KSPLIT": ksplit, "CHUNKS": k // 64 // ksplit, "PROLOGUE": prologue, "HAS_BIAS": int(bias),
-               "HAS_RESIDUAL": int(residual), "SILU_PAIRS": int(silu_pairs), "TILES": tiles, "PDL": int(major >= 9)}
+               "HAS_RESIDUAL": int(residual), "SILU_PAIRS": int(silu_pairs), "TILES": tiles, "PDL": int(dependent)}
     (program,) = _check(nvrtc.nvrtcCreateProgram(SOURCE.read_bytes(), b"int4_gemv.cu", 0, [], []))
     options = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"--std=c++17",
                *(f"-D{name}={value}".encode() for name, value in defines.items())]
@@ -114,7 +115,7 @@ def _module(device: int, ksplit: int, k: int = 0, prologue: int = PLAIN, bias: b
         torch.cuda.current_stream()  # makes the primary context current in this thread
         (module,) = _check(driver.cuModuleLoadData(cubin))
     return {"module": module, "gemv": _check(driver.cuModuleGetFunction(module, b"int4_gemv"))[0],
-            "dequantize": _check(driver.cuModuleGetFunction(module, b"int4_dequantize"))[0], "pdl": major >= 9}
+            "dequantize": _check(driver.cuModuleGetFunction(module, b"int4_dequantize"))[0], "dependent": dependent}
 
 
 def _launch(function, grid: int, block: int, args: list, dependent: bool = False) -> None:
@@ -230,7 +231,7 @@ def _run(x, words, scales, prologue, second, norm_weight, eps, bias, residual, s
         words, scales, flat, second.reshape(-1).contiguous() if second is not None else flat,
         norm_weight if norm_weight is not None else flat, bias if bias is not None else flat,
         residual.reshape(-1).contiguous() if residual is not None else flat, y,
-        sum_out if sum_out is not None else y, float(eps)], dependent=kernels["pdl"])
+        sum_out if sum_out is not None else y, float(eps)], dependent=kernels["dependent"])
     return y
 
 
