@@ -291,7 +291,7 @@ def use_decode_gemv(model: nn.Module, min_weight_bytes: int | None = None) -> st
     The model is meant for our decode step afterwards: a one-row forward's ``last_hidden_state``
     is then the final norm's input (the norm runs inside ``lm_head``); logits are unchanged."""
     min_weight_bytes = MIN_WEIGHT_BYTES if min_weight_bytes is None else min_weight_bytes
-    switched = norms = gates = adds = 0
+    switched = int4 = norms = gates = adds = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
         if isinstance(module, Int4Linear) or (type(module) is nn.Linear and isinstance(weight, torch.Tensor)
@@ -299,6 +299,7 @@ def use_decode_gemv(model: nn.Module, min_weight_bytes: int | None = None) -> st
             module.forward = _linear_forward(module)
             module._slmflow_gemv = True
             switched += 1
+            int4 += isinstance(module, Int4Linear)
     for module in list(model.modules()):
         attn, mlp = getattr(module, "self_attn", None), getattr(module, "mlp", None)
         if attn is None or mlp is None:
@@ -318,4 +319,5 @@ def use_decode_gemv(model: nn.Module, min_weight_bytes: int | None = None) -> st
     head, decoder = model.get_output_embeddings(), getattr(model, "model", None)
     if head is not None and decoder is not None:
         norms += _fold_norm(getattr(decoder, "norm", None), [head])
-    return f"{switched} linear layers, {norms} RMSNorms, {gates} SiLU gates and {adds} residual adds fused"
+    kernels = f" ({int4} int4 on our CUDA kernel, {switched - int4} on Triton)" if int4 else " on Triton"
+    return f"{switched} linear layers{kernels}, {norms} RMSNorms, {gates} SiLU gates and {adds} residual adds fused"

@@ -127,18 +127,16 @@ def _launch(function, grid: int, block: int, args: list, dependent: bool = False
     values = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
     types = tuple(ctypes.c_float if isinstance(a, float) else ctypes.c_int if isinstance(a, int) else ctypes.c_void_p
                   for a in args)
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    if not dependent:
-        _check(driver.cuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, stream, (values, types), 0))
-        return
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = grid, 1, 1
     config.blockDimX, config.blockDimY, config.blockDimZ = block, 1, 1
-    config.sharedMemBytes, config.hStream = 0, stream
-    attribute = driver.CUlaunchAttribute()
-    attribute.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-    attribute.value.programmaticStreamSerializationAllowed = 1
-    config.attrs, config.numAttrs = [attribute], 1
+    config.sharedMemBytes = 0
+    config.hStream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    if dependent:
+        attribute = driver.CUlaunchAttribute()
+        attribute.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attribute.value.programmaticStreamSerializationAllowed = 1
+        config.attrs, config.numAttrs = [attribute], 1
     _check(driver.cuLaunchKernelEx(config, function, (values, types), 0))
 
 

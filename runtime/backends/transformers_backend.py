@@ -107,7 +107,7 @@ class TransformersBackend:
         if self.fast_path and triton_kernel_wanted("SLMFLOW_DECODE_GEMV"):
             from slmflow.runtime.backends.decode_gemv import use_decode_gemv
 
-            why += f" + Triton GEMV ({use_decode_gemv(model)})"
+            why += f" + decode GEMV ({use_decode_gemv(model)})"
         log.info("transformers backend on %s: %s", self.device, why if self.fast_path else f"eager ({why})")
 
     @classmethod
