@@ -8,7 +8,8 @@ would import `llm`).
 On first use the GGUF is converted once into the user cache dir: GGUF → transformers weights (fp32)
 → int4 ONNX through onnxruntime-genai's model builder. Each stage is built in a temporary sibling
 folder and renamed into place only when complete, so an interrupted conversion never leaves a half
-model that a later start would load.
+model that a later start would load; processes converting at once take turns (see
+``_build_atomically``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import platformdirs
+from filelock import FileLock
 from pydantic import BaseModel
 from slmflow.runtime.errors import EmbeddedModelMissingError, ModelLoadError
 
@@ -88,25 +90,29 @@ def _require_gguf() -> Path:
 
 
 def _build_atomically(final: Path, build, source: str) -> Path:
-    """Run ``build(tmp_dir)`` in a sibling temp folder, mark it complete, then rename it into place."""
+    """Run ``build(tmp_dir)`` in a sibling temp folder, mark it complete, then rename it into place.
+
+    Builders of the same folder take turns on a lock file beside it. Otherwise two first runs at
+    once (two commands, a test run beside a user's) would each mistake the other's temp folder for
+    an interrupted run's leftover and delete it mid-build. The one that waited finds the folder
+    complete and builds nothing; a temp folder seen while holding the lock is truly stale."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted earlier run
-    if final.exists() and not is_complete(final):
-        shutil.rmtree(final)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        build(tmp)
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": source}), encoding="utf-8")
+    with FileLock(final.parent / f".{final.name}.lock"):
+        if is_complete(final):
+            return final
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted earlier run
+        if final.exists():
+            shutil.rmtree(final)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
         try:
+            build(tmp)
+            (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": source}), encoding="utf-8")
             os.rename(tmp, final)
-        except OSError:
-            if not is_complete(final):  # another process did not win the race either: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -22,13 +22,55 @@ def test_a_failed_build_leaves_nothing_that_loads(tmp_path):
     with pytest.raises(RuntimeError):
         embedded._build_atomically(final, half_then_crash, "test")
     assert not final.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".model.lock"]  # no temp folder; the builders' lock file
 
 
 def test_a_completed_build_is_marked_and_in_place(tmp_path):
     final = embedded._build_atomically(tmp_path / "model", lambda tmp: (tmp / "w.bin").write_bytes(b"x"), "t")
     assert embedded.is_complete(final)
     assert (final / "w.bin").read_bytes() == b"x"
+
+
+_BUILDER = """
+import sys, time
+from pathlib import Path
+from slmflow.runtime import embedded
+
+final, who = Path(sys.argv[1]), sys.argv[2]
+second_ready = final.parent / "second-ready"
+
+def build(tmp):
+    (tmp / "started").write_text(who)
+    deadline = time.time() + 60
+    while who == "first" and not second_ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # the second is inside _build_atomically by now
+    (tmp / "who").write_text(who)
+
+if who == "second":
+    second_ready.touch()
+embedded._build_atomically(final, build, who)
+print((final / "who").read_text())
+"""
+
+
+def test_a_second_builder_waits_for_the_first_and_keeps_its_build(tmp_path):
+    """Two processes building one folder at once: the second must neither delete the first's
+    temp folder (as it would an interrupted run's) nor build again."""
+    final = tmp_path / "model"
+    first = subprocess.Popen([sys.executable, "-c", _BUILDER, str(final), "first"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".model.tmp-*/started")):
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".model.tmp-*/started")), "the first build should have started"
+    second = subprocess.run([sys.executable, "-c", _BUILDER, str(final), "second"], check=False,
+                            capture_output=True, text=True, timeout=120)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    assert out.strip() == second.stdout.strip() == "first"
+    assert embedded.is_complete(final) and not list(tmp_path.glob(".model.tmp-*"))
 
 
 def test_killed_conversion_leaves_no_loadable_model_and_next_run_cleans_up(tmp_path):
