@@ -200,7 +200,108 @@ class Grammar:
         )
 
 
-Constraint = JsonSchema | Regex | Choice | Grammar
+_WORDS = re.compile(r"\w+|\s+|[^\w\s]")
+_WORD_CHAR = re.compile(r"\w")
+
+
+@dataclass(frozen=True)
+class QuoteSpan:
+    """Where a quote stands: the index of its source and its character range there."""
+
+    source: int
+    start: int
+    end: int
+    #: 1.0 for a verbatim quote; below 1, a snapped one (the share of words the text and span share).
+    similarity: float = 1.0
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Output is a verbatim piece of one of ``sources``, cut on word boundaries (a word is a run of
+    letters and digits, or one other character). The loop enforces it token by token (llguidance's
+    substring lexeme), so a model can neither write a word its source does not have nor join two
+    places of it. The piece may begin with the whitespace before its first word (a model's word
+    tokens carry their leading space); it never ends on whitespace. The empty output is allowed
+    too: a caller that needs a quote treats it as none."""
+
+    sources: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not self.sources or not all(isinstance(t, str) and t.strip() for t in self.sources):
+            raise ConstraintError("Quote needs at least one non-empty source text", "pass the texts to quote from")
+
+    def grammar(self) -> str:
+        import llguidance
+
+        rules = [f"Q{i}: %regex {json.dumps({'substring_chunks': _word_pieces(text)})}"
+                 for i, text in enumerate(self.sources)]
+        alternatives = " | ".join(f"Q{i}" for i in range(len(self.sources)))
+        return llguidance.LLMatcher.grammar_from_lark(f"start: {alternatives}\n" + "\n".join(rules))
+
+    def locate(self, text: str) -> QuoteSpan | None:
+        """The first place a source holds ``text`` verbatim on word boundaries, or None."""
+        needle = text.strip()
+        if not needle:
+            return None
+        for index, source in enumerate(self.sources):
+            for match in re.finditer(re.escape(needle), source):
+                a, b = match.start(), match.end()
+                before = source[a - 1] if a else " "
+                after = source[b] if b < len(source) else " "
+                if _boundary(before, needle[0]) and _boundary(needle[-1], after):
+                    return QuoteSpan(index, a, b)
+        return None
+
+    def snap(self, text: str, least: float = 0.8) -> QuoteSpan | None:
+        """The source span closest to ``text`` (a served model's quote that was not verbatim): the
+        window of the same number of words (give or take two) sharing most of its words in order,
+        if at least ``least`` of them; else None. Verbatim text is located exactly."""
+        import difflib
+
+        exact = self.locate(text)
+        if exact is not None:
+            return exact
+        wanted = [w.lower() for w in re.findall(r"\w+", text)]
+        if not wanted:
+            return None
+        best: QuoteSpan | None = None
+        for index, source in enumerate(self.sources):
+            words = list(re.finditer(r"\w+", source))
+            lowered = [w.group().lower() for w in words]
+            for size in range(max(1, len(wanted) - 2), len(wanted) + 3):
+                for first in range(0, max(len(words) - size, 0) + 1):
+                    window = lowered[first:first + size]
+                    if not window:
+                        continue
+                    ratio = difflib.SequenceMatcher(None, wanted, window, autojunk=False).ratio()
+                    if ratio >= least and (best is None or ratio > best.similarity):
+                        best = QuoteSpan(index, words[first].start(), words[first + len(window) - 1].end(), ratio)
+        return best
+
+    def validate_text(self, text: str) -> str:
+        if self.locate(text) is None:
+            raise StructuredOutputError("output is not a verbatim quote of its sources", text)
+        return text
+
+
+def _word_pieces(source: str) -> list[str]:
+    """The source as words, each with the whitespace before it joined on."""
+    pieces, gap = [], ""
+    for part in _WORDS.findall(source):
+        if part.isspace():
+            gap += part
+        else:
+            pieces.append(gap + part)
+            gap = ""
+    return pieces
+
+
+def _boundary(left: str, right: str) -> bool:
+    """Whether a cut between two characters falls between words (not inside a run of ``\\w``)."""
+    return not (_WORD_CHAR.fullmatch(left) and _WORD_CHAR.fullmatch(right))
+
+
+Constraint = JsonSchema | Regex | Choice | Grammar | Quote
 
 
 def native_schema(constraint: Constraint) -> dict | None:

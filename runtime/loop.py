@@ -19,6 +19,7 @@ from slmflow.runtime.backends.base import Sequence
 from slmflow.runtime.constraints import ConstraintMatcher
 from slmflow.runtime.prefix_cache import CacheStats
 from slmflow.runtime.sampling import Sampler
+from slmflow.runtime.speculation import PromptLookup
 from slmflow.runtime.stopping import LoopDetector, StopStringMatcher
 from slmflow.runtime.tokenizer import ChatTokenizer, IncrementalDetokenizer
 
@@ -35,6 +36,8 @@ class Usage(BaseModel):
     completion_tokens: int
     cached_tokens: int = 0
     forced_tokens: int = 0
+    #: Tokens guessed by prompt lookup and taken without a forward pass of their own.
+    speculated_tokens: int = 0
     time_to_first_token_s: float
     decode_tokens_per_s: float
     total_s: float
@@ -49,6 +52,7 @@ class Usage(BaseModel):
                    completion_tokens=sum(u.completion_tokens for u in usages),
                    cached_tokens=sum(u.cached_tokens for u in usages),
                    forced_tokens=sum(u.forced_tokens for u in usages),
+                   speculated_tokens=sum(u.speculated_tokens for u in usages),
                    time_to_first_token_s=usages[0].time_to_first_token_s if usages else 0.0,
                    decode_tokens_per_s=decoded / decode_s if decoded and decode_s > 0 else 0.0,
                    total_s=sum(u.total_s for u in usages))
@@ -76,6 +80,7 @@ def decode_tokens(
     eos: frozenset[int],
     matcher: ConstraintMatcher | None = None,
     jump_forward: bool = True,
+    drafter: PromptLookup | None = None,
 ) -> Iterator[tuple[int, bool]]:
     """Yield ``(token, forced)`` pairs, feeding tokens back, until EOS, ``max_tokens`` or the end of
     the constraint.
@@ -87,6 +92,12 @@ def decode_tokens(
     constraint's next mask run while the GPU computes the next step; there the last token is in the
     cache (``seq.length`` says so). Under a constraint, the mask is applied before sampling, and
     tokens the grammar forces are appended in one forward pass (jump-forward).
+
+    With a ``drafter`` (greedy sampling without penalties only; see runtime/speculation.py), the
+    token just chosen is fed together with a guess of the tokens after it, and every guessed token
+    that is the greedy choice at its position is taken without a pass of its own; the first one
+    that is not is replaced by the model's choice there. The output is the one greedy decoding
+    gives, on backends whose wide and one-token passes agree (``batch_invariant``).
     """
     feed_on_device = getattr(seq, "extend_on_device", None)
     produced = 0
@@ -113,7 +124,43 @@ def decode_tokens(
                 yield forced, True
             if produced == max_tokens or matcher.finished:
                 return
-        logits = seq.extend(new) if new else ahead
+        if ahead is not None:
+            logits = ahead
+            continue
+        draft = []
+        if drafter is not None:
+            drafter.append(new)
+            draft = drafter.propose()[: max_tokens - produced - 1]
+        if not draft:
+            logits = seq.extend(new)
+            continue
+        rows = seq.extend_all(new + draft)
+        kept, logits, done = _accept_draft(rows[len(new) - 1:], draft, matcher, eos)
+        seq.rewind(seq.length - (len(draft) - kept))
+        drafter.record(len(draft), kept)
+        drafter.append(draft[:kept])
+        produced += kept
+        for token in draft[:kept]:
+            yield token, False
+        if done:
+            return
+
+
+def _accept_draft(rows: torch.Tensor, draft: list[int], matcher: ConstraintMatcher | None,
+                  eos: frozenset[int]) -> tuple[int, torch.Tensor, bool]:
+    """How many drafted tokens greedy decoding would have chosen itself; ``rows[i]`` are the logits
+    for the position of ``draft[i]``. Returns that count, the logits for the position after the
+    last kept token (masked already if a draft token was rejected there), and whether the kept
+    tokens ended the generation (EOS, or the constraint's end)."""
+    for i, token in enumerate(draft):
+        row = matcher.mask(rows[i]) if matcher is not None else rows[i]
+        if int(torch.argmax(row)) != token:
+            return i, row, False
+        if matcher is not None:
+            matcher.advance(token)
+        if token in eos or (matcher is not None and matcher.finished):
+            return i + 1, rows[i + 1], True
+    return len(draft), rows[len(draft)], False
 
 
 def run_generation(
@@ -129,6 +176,7 @@ def run_generation(
     matcher: ConstraintMatcher | None = None,
     jump_forward: bool = True,
     loops: LoopDetector | None = None,
+    drafter: PromptLookup | None = None,
 ) -> Iterator[str]:
     """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
 
@@ -146,7 +194,8 @@ def run_generation(
     first_token_at = None
     finish: FinishReason = "length"
     n_forced = 0
-    steps = decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids, matcher, jump_forward)
+    steps = decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids, matcher, jump_forward,
+                          drafter)
     for token, forced in steps:
         if first_token_at is None:
             first_token_at = time.perf_counter()
@@ -184,6 +233,7 @@ def run_generation(
         completion_tokens=n,
         cached_tokens=cached,
         forced_tokens=n_forced,
+        speculated_tokens=drafter.accepted if drafter is not None else 0,
         time_to_first_token_s=first_token_at - start,
         decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
         total_s=end - start,

@@ -34,6 +34,7 @@ from slmflow.runtime.prefix_cache import (
 )
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
+from slmflow.runtime.speculation import PromptLookup
 from slmflow.runtime.stopping import LoopDetector
 from slmflow.runtime.tool_calling import tool_prompt
 
@@ -101,6 +102,7 @@ class Model:
         output: type[BaseModel] | None = None,
         jump_forward: bool = True,
         stop_on_loops: bool = True,
+        speculate: bool = True,
     ):
         """Generate a reply, reusing any cached prefix.
 
@@ -110,10 +112,13 @@ class Model:
         ``stop_on_loops`` ends a reply that keeps repeating one block of tokens (see
         :class:`~slmflow.runtime.stopping.LoopDetector`) instead of running to ``max_tokens``; under
         a constraint, only where the output is complete (a loop inside a JSON value runs on).
+        ``speculate`` lets greedy decoding (without penalties) take tokens it would copy from the
+        prompt several per forward pass (prompt lookup, runtime/speculation.py), on backends whose
+        wide and one-token passes agree (``batch_invariant``), so the output is the same.
         """
         ids = self.prompt_ids(prompt, system)
         run = _Run(self.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
-                   self._matcher(constraint, output), stop_on_loops)
+                   self._matcher(constraint, output), stop_on_loops, speculate)
         response = Response(self._pooled(ids, run))
         return response if output is None else parse_output(output, response.text())
 
@@ -135,10 +140,41 @@ class Model:
     def _stream(self, state: CachedState, cached: int, ids, run: _Run, path) -> Iterator[str]:
         sampler = Sampler(run.sampling, self.backend.vocab_size, ids, self.backend.device)
         loops = LoopDetector() if run.stop_on_loops else None
+        # Only where a wide pass computes what one-token passes would (see Backend.batch_invariant):
+        # elsewhere (int4 onnxruntime-genai) a verified guess can flip a near-tie and change the output.
+        exact = run.sampling.greedy and not run.sampling.penalised and self.backend.batch_invariant
+        drafter = PromptLookup(ids) if run.speculate and exact else None
         return (yield from run_generation(
             state.seq, ids, cached, self.tokenizer, sampler, run.max_tokens, run.stop, str(self.spec), path,
-            run.matcher, run.jump_forward, loops,
+            run.matcher, run.jump_forward, loops, drafter,
         ))
+
+    def option_logprobs(self, prompt: Prompt, options: Seq[str], system: str | None = None) -> list[float]:
+        """The log-probability of each option as the whole start of the reply (its tokens one after
+        another, without a sampler): a decision that can be calibrated, unlike one generated token.
+        The prompt is prefilled once, through the prefix cache; each option's tokens are then
+        appended and rewound."""
+        import torch
+
+        ids = self.prompt_ids(prompt, system)
+        encoded = [self.tokenizer.encode(option) for option in options]
+        if not all(encoded):
+            raise PromptError("an option has no tokens", "pass non-empty options")
+        longest = max(len(e) for e in encoded)
+        state, cached = self.cache.acquire(ids, needed=self.fit(ids, longest) + len(ids))
+        try:
+            first = torch.log_softmax(state.seq.extend(ids[cached:]).float(), -1)
+            scores = []
+            for tokens in encoded:
+                total = float(first[tokens[0]])
+                if len(tokens) > 1:
+                    rows = torch.log_softmax(state.seq.extend_all(tokens[:-1]).float(), -1)
+                    total += float(sum(rows[i, t] for i, t in enumerate(tokens[1:])))
+                    state.seq.rewind(len(ids))
+                scores.append(total)
+        finally:
+            self.cache.release(state, list(ids), prompt_len=len(ids))
+        return scores
 
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""
@@ -155,6 +191,7 @@ class _Run:
     jump_forward: bool
     matcher: object | None
     stop_on_loops: bool
+    speculate: bool
 
 
 @dataclass(frozen=True)
@@ -191,11 +228,12 @@ class Session:
         constraint: Constraint | None = None,
         jump_forward: bool = True,
         stop_on_loops: bool = True,
+        speculate: bool = True,
     ) -> Response:
         """Continue the session (see the class docstring); options as in :meth:`Model.generate`."""
         ids = list(self.tokens) if prompt is None else self.model.prompt_ids(prompt, system)
         run = _Run(self.model.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
-                   self.model._matcher(constraint, None), stop_on_loops)
+                   self.model._matcher(constraint, None), stop_on_loops, speculate)
         return Response(self._run(ids, run))
 
     def _run(self, ids, run: _Run) -> Iterator[str]:

@@ -19,6 +19,10 @@ class Sequence(Protocol):
     def extend(self, token_ids: Seq[int]) -> torch.Tensor:
         """Run the new tokens through the model; return the last position's logits (1-D)."""
 
+    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
+        """As ``extend``, but the logits of every new position (``[len(token_ids), vocab]``): one
+        pass verifies a guess of several tokens (speculative decoding)."""
+
     def rewind(self, length: int) -> None:
         """Forget every token after the first ``length``."""
 

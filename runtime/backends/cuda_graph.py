@@ -115,20 +115,32 @@ class CudaGraphSequence:
 
     @torch.inference_mode()
     def extend(self, token_ids: Seq[int]) -> torch.Tensor:
-        n = len(token_ids)
+        self._check_room(len(token_ids))
+        if len(token_ids) == 1 and self._ensure_graph():
+            self._g.token.fill_(token_ids[0])
+            return self._replay()
+        return self._extend_eager(token_ids)[-1]
+
+    @torch.inference_mode()
+    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
+        self._check_room(len(token_ids))
+        return self._extend_eager(token_ids)
+
+    def _check_room(self, n: int) -> None:
         if self.length + n > self.capacity:
             raise PromptError(
                 f"the sequence needs {self.length + n} tokens but its static cache holds {self.capacity}",
                 "start a new session or raise its capacity",
             )
-        if n == 1 and self._ensure_graph():
-            self._g.token.fill_(token_ids[0])
-            return self._replay()
+
+    def _extend_eager(self, token_ids: Seq[int]) -> torch.Tensor:
+        """Several tokens in one eager pass (padded to a size bucket); the logits of each."""
+        n = len(token_ids)
         padded = min(bucket(n), self.capacity - self.length)
         ids = torch.zeros((1, padded), dtype=torch.long, device=self._model.device)
         ids[0, :n] = torch.tensor(list(token_ids), dtype=torch.long)
         positions = torch.arange(self.length, self.length + padded, device=self._model.device)
-        logits = self._forward(ids, positions)[n - 1]
+        logits = self._forward(ids, positions)[:n]
         self.length += n
         self._set_write_position(self.length)
         return logits

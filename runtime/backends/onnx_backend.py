@@ -43,6 +43,12 @@ class OnnxGenaiSequence:
         self.length += len(token_ids)
         return torch.from_numpy(self._generator.get_logits()[0, -1])
 
+    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
+        # get_logits keeps the last position only; the decoder's own output has every position.
+        self._generator.append_tokens(np.asarray(token_ids, dtype=np.int32))
+        self.length += len(token_ids)
+        return torch.from_numpy(self._generator.get_output("logits")[0])
+
     def rewind(self, length: int) -> None:
         self._generator.rewind_to(length)
         self.length = length

@@ -35,14 +35,20 @@ class TransformersSequence:
         self.capacity = capacity
         self._cache_arg = cache_keyword(model)
 
-    @torch.inference_mode()
     def extend(self, token_ids: Seq[int], **model_inputs) -> torch.Tensor:
         """Append tokens; ``model_inputs`` (pixel values, say) go to the same forward pass."""
+        return self._forward(token_ids, 1, model_inputs)[-1]
+
+    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
+        return self._forward(token_ids, len(token_ids), {})
+
+    @torch.inference_mode()
+    def _forward(self, token_ids: Seq[int], keep: int, model_inputs: dict) -> torch.Tensor:
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
-        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **model_inputs,
+        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=keep, **model_inputs,
                           **{self._cache_arg: self.cache})
         self.length += len(token_ids)
-        return out.logits[0, -1]
+        return out.logits[0]
 
     def rewind(self, length: int) -> None:
         # A negative crop means "remove this many" in every transformers release since 4.4x; a

@@ -16,7 +16,7 @@ import re
 from pydantic import BaseModel
 from slmflow.tools.rag.loaders import Document
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 class Chunk(BaseModel):
@@ -42,15 +42,23 @@ class Chunk(BaseModel):
 
 def _units(doc: Document) -> list[tuple[int, int, int]]:
     """(start, end, section) of each paragraph, split further into sentences."""
-    units = []
-    for index, section in enumerate(doc.sections):
-        for para in re.finditer(r"[^\n]+", doc.text[section.start:section.end]):
-            base = section.start + para.start()
-            cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(para.group())), len(para.group())]
-            for a, b in zip(cuts, cuts[1:], strict=False):
-                if para.group()[a:b].strip():
-                    units.append((base + a, base + b, index))
-    return units
+    return [(section.start + a, section.start + b, index) for index, section in enumerate(doc.sections)
+            for a, b in split_sentences(doc.text[section.start:section.end])]
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of ``text``, line breaks counting as boundaries, surrounding
+    whitespace left out."""
+    spans = []
+    for para in re.finditer(r"[^\n]+", text):
+        cuts = [0, *(m.end() for m in SENTENCE_END.finditer(para.group())), len(para.group())]
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            piece = para.group()[a:b]
+            body = piece.strip()
+            if body:
+                start = para.start() + a + len(piece) - len(piece.lstrip())
+                spans.append((start, start + len(body)))
+    return spans
 
 
 def chunk_document(doc: Document, tokenizer, max_tokens: int = 200, overlap: int = 32) -> list[Chunk]:

@@ -305,6 +305,9 @@ class DocumentIndex:
         except LoadError as err:
             stats.warnings.append(f"{rel}: {err}")
             doc = None
+        except Exception as err:  # a parser's own bug on one file (pypdf, python-docx) must not stop the run
+            stats.warnings.append(f"{rel}: unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            doc = None
         if record:  # the old version goes first: its record, then its chunks
             self.files.delete(ids=[rel])
             self.chunks.delete(where={"path": rel})

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 from slmflow.tools.rag.chunking import Chunk
+from slmflow.tools.rag.evidence import Evidence, TermWeights, rank_evidence
 from slmflow.tools.rag.index import DocumentIndex, chunks_from_query
 
 RRF_K = 60
@@ -58,8 +59,13 @@ class Retriever:
         self.corpus = index.all_chunks()
         self._position = {c.id: i for i, c in enumerate(self.corpus)}
         self.bm25 = bm25s.BM25()
-        if self.corpus:
-            self.bm25.index(_tokenize([c.embedding_text() for c in self.corpus]), show_progress=False)
+        tokenized = _tokenize([c.embedding_text() for c in self.corpus]) if self.corpus else None
+        if tokenized is not None:
+            self.bm25.index(tokenized, show_progress=False)
+        names = {i: term for term, i in tokenized.vocab.items()} if tokenized is not None else {}
+        self.terms = TermWeights(lambda texts: _tokenize(texts, as_ids=False),
+                                 ([names[i] for i in ids] for ids in (tokenized.ids if tokenized else [])),
+                                 len(self.corpus))
 
     def search(self, query: str, k: int = 5, mode: Mode = "hybrid", where: dict | None = None) -> list[Hit]:
         """The ``k`` best chunks; ``where`` keeps only chunks whose fields equal the given values
@@ -78,6 +84,12 @@ class Retriever:
         best = sorted(fused.items(), key=lambda kv: -kv[1])[:k]
         return [Hit(chunk=self.corpus[self._position[cid]], score=score, dense_rank=rankings.get("dense", {}).get(cid),
                     bm25_rank=rankings.get("bm25", {}).get(cid)) for cid, score in best]
+
+    def evidence(self, query: str, hits: list[Hit]) -> list[Evidence]:
+        """The sentences of ``hits``' chunks, best evidence for ``query`` first (tools/rag/evidence.py)."""
+        embedder = self.index.embedder
+        return rank_evidence(query, [h.chunk for h in hits], self.terms, embedder.embed,
+                             embedder.embed_query(query) if hits else None)
 
     def relevance(self, query: str) -> float:
         """Cosine similarity of the chunk nearest to ``query`` (0.0 for an empty corpus): unlike
