@@ -299,14 +299,17 @@ def _user_graph_command(target: str) -> click.Command:
 @click.option("-q", "--question", default=None, help="answer this question and exit")
 @click.option("--json", "as_json", is_flag=True, help="print answer, citations and timings as JSON")
 @click.option("--model", "model_spec", default=None, help="answering model spec (default: the mini role)")
-@click.option("-k", "k", type=int, default=3, show_default=True, help="chunks retrieved per question")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="chunks retrieved per question")
+@click.option("--pick", type=click.Choice(["rule", "model"]), default="rule", show_default=True,
+              help="who picks a wh-answer among the evidence's pieces (model: under a quote constraint)")
 @_index_options
 @_user_errors
-def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, index_url, include, no_ocr) -> None:
-    """Answer questions about the documents in FOLDER, citing them."""
+def docs_qa_command(folder, question, as_json, model_spec, k, pick, index_dir, index_url, include, no_ocr) -> None:
+    """Answer questions about the documents in FOLDER from a quoted sentence of them."""
     from slmflow.agents.docs_qa import DocsQA
 
-    qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None, index_url=index_url)
+    qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None, index_url=index_url,
+                pick=pick)
     stats = qa.index.update(include=qa.include, ocr=not no_ocr, progress=not as_json)
     if not as_json:
         _print_index_stats(stats)
@@ -318,9 +321,7 @@ def docs_qa_command(folder, question, as_json, model_spec, k, index_dir, index_u
         if as_json:
             click.echo(result.model_dump_json(indent=2))
             return
-        click.echo(result.answer)
-        for source in result.cited:
-            click.echo(f"  {source.label()}")
+        click.echo(result.render())
         err_console.print(f"[dim]retrieval {result.retrieval_ms:.0f} ms, answer {result.generation_ms:.0f} ms "
                           f"({result.completion_tokens} tokens)[/]", highlight=False)
 
@@ -383,15 +384,22 @@ def _suite_command(name: str, target: str):
     @click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/SUITE)")
     @click.option("--data", type=click.Path(), default=None, help="the suite's data folder (default: shared/data)")
     @click.option("--mode", "modes", multiple=True, help="run only this mode (repeatable; default: all)")
+    @click.option("--split", type=click.Choice(["all", "fit", "report"]), default="all", show_default=True,
+                  help="docs-qa-wikiqa: the half of the questions (fit: constants were fitted on it)")
     @_user_errors
-    def command(limit, model_spec, out, data, modes) -> None:
+    def command(limit, model_spec, out, data, modes, split) -> None:
         import importlib
+        import inspect
         from pathlib import Path
 
         from slmflow.evals.harness import run_suite
 
         module, cls = target.split(":")
-        suite = getattr(importlib.import_module(module), cls)(data=Path(data) if data else None)
+        suite_class = getattr(importlib.import_module(module), cls)
+        options = {"split": split} if split != "all" else {}
+        if options and "split" not in inspect.signature(suite_class).parameters:
+            raise SlmflowError(f"suite {name} has no --split", "leave --split out for this suite")
+        suite = suite_class(data=Path(data) if data else None, **options)
         out_dir = Path(out or f"evals-out/{name}")
         run = run_suite(suite, load_model(model_spec), out_dir, limit=limit, modes=list(modes) or None)
         table = Table("metric", *run.summary)

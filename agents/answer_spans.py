@@ -36,7 +36,8 @@ _KIND_RULES: list[tuple[re.Pattern, QuestionKind]] = [
      QuestionKind.TIME),
     (re.compile(r"\bhow (many|much|old|long|far|tall|high|big|large|deep|wide|heavy|fast)\b", re.I),
      QuestionKind.NUMBER),
-    (re.compile(r"^\s*(who|whom|whose|where)\b|\b(who|whom) (is|was|were|are|did)\b", re.I), QuestionKind.NAME),
+    (re.compile(r"^\s*(who|whom|whose|where|which)\b|\b(who|whom) (is|was|were|are|did)\b", re.I),
+     QuestionKind.NAME),
 ]
 
 _KIND_PATTERNS = {
@@ -47,6 +48,22 @@ _KIND_PATTERNS = {
     QuestionKind.NAME: re.compile(r"\b[A-Z][a-z]"),
 }
 
+_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_NUMBER_WORD = (r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
+                r"hundred|thousand|million|billion|dozen)")
+# The smallest text that is a date, a quantity or a name: what a typed question's answer is.
+_TYPED_SPANS = {
+    QuestionKind.TIME: re.compile(
+        rf"\b(?:(?:early|late|mid-?)\s*)?(?:(?:{_MONTH}\s+\d{{1,2}},?\s+|\d{{1,2}}\s+{_MONTH}\s+|{_MONTH},?\s+)?"
+        rf"\d{{4}}s?\b|\d{{1,4}}\s*(?:BC|BCE|AD|CE)\b|{_MONTH}\s+\d{{1,2}}\b|\d{{1,2}}(?:st|nd|rd|th)\s+century)"),
+    QuestionKind.NUMBER: re.compile(
+        rf"(?:[$£€]\s?)?(?:\d+(?:[.,]\d+)*|\b{_NUMBER_WORD}(?:[- ]{_NUMBER_WORD})*\b)"
+        rf"(?:\s+(?:hundred|thousand|million|billion|trillion)\b)?(?:\s*%|\s+percent\b|\s+(?!(?:and|or|of|in|to|the|a|an|by|"
+        rf"for|from|with|at|on|is|was|were|are)\b)[a-zA-Z][\w-]*)?", re.IGNORECASE),
+    QuestionKind.NAME: re.compile(r"\b[A-Z](?:\.|[\w'-]*)(?:\s+(?:(?:of|de|da|di|von|van|der|the|la|le|du|del|y)\s+)?"
+                                  r"[A-Z](?:\.|[\w'-]*))*"),
+}
+_MONTH_ONLY = re.compile(_MONTH)
 _WORD = re.compile(r"\w+")
 # Words that carry no answer on their own: a piece is trimmed of them at both ends.
 _EDGE_WORDS = frozenset("""a an the and or but of in on at to for from by with as is was were are be been being
@@ -87,6 +104,23 @@ def answer_pieces(sentence: str, question_terms: set[str], stem: Callable[[str],
             pieces.append((run[0].start(), run[-1].end()))
     typed = [(a, b) for a, b in pieces if fits_kind(sentence[a:b], kind)]
     return typed or pieces
+
+
+def typed_spans(sentence: str, kind: QuestionKind, question_terms: set[str],
+                stem: Callable[[str], set[str]]) -> list[tuple[int, int]]:
+    """The smallest spans of ``sentence`` that are what ``kind`` asks for (a date, a number with
+    its unit, a capitalised name), in sentence order; none for ``OTHER`` and ``POLAR``. A span
+    may hold question words ("Gustave Eiffel" for "Who designed the Eiffel Tower?") but not only
+    them: the question's own "1816" is no answer to "How old was he in 1816?"."""
+    pattern = _TYPED_SPANS.get(kind)
+    if pattern is None:
+        return []
+    spans = []
+    for m in pattern.finditer(sentence):
+        words = [w for w in _WORD.findall(m.group()) if w.lower() not in _EDGE_WORDS]
+        if words and not _MONTH_ONLY.fullmatch(m.group()) and any(not (stem(w) & question_terms) for w in words):
+            spans.append((m.start(), m.end()))
+    return spans
 
 
 def fits_kind(text: str, kind: QuestionKind) -> bool:

@@ -11,12 +11,14 @@ indexes them, and scores nDCG@10 and Recall@10 per retrieval mode (hybrid, dense
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import re
 import string
 import time
 from pathlib import Path
+from typing import Literal
 
 from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data
 from slmflow.runtime.embedded import cache_root
@@ -24,6 +26,8 @@ from slmflow.tools.rag.index import DocumentIndex
 from slmflow.tools.rag.retrieval import Retriever
 
 WIKIQA_FILES = ["*.txt.clean"]
+#: Chunks the answering step ranks sentences in.
+ANSWER_CHUNKS = 5
 
 
 def normalise_answer(text: str) -> str:
@@ -59,19 +63,45 @@ def _strip_citations(text: str) -> str:
     return re.sub(r"\s*\[\d+\]", "", text).strip()
 
 
+Split = Literal["all", "fit", "report"]
+
+
+def wikiqa_split(row: dict) -> str:
+    """``fit`` or ``report``: the half of the dev questions a row belongs to, by its article (all
+    revisions of one article fall in one half). Constants of the docs-qa method are fitted on
+    ``fit`` (bench/fit_docs_qa.py) and reported on ``report``."""
+    digest = hashlib.sha1(row["article_title"].encode("utf-8")).digest()
+    return "fit" if digest[0] % 2 == 0 else "report"
+
+
+def said_yes_no(text: str) -> str:
+    """The first word of an answer, lower-cased without punctuation ("Yes, he did." → "yes")."""
+    words = normalise_answer(text).split()
+    return words[0] if words else ""
+
+
 class WikiQASuite:
+    """Modes: ``retrieval`` (recall@k of the gold article); ``answer`` (the grounded docs-qa
+    answer); ``answer-model`` (the same, the model picking the wh-answer's piece); ``answer-free`` (wave 1's free cited sentence, to compare in the same run);
+    ``abstain`` (the same questions with every gold article left out of retrieval: the right
+    answer is the not-found one)."""
+
     name = "docs-qa-wikiqa"
     modes = ["retrieval", "answer"]
+    extra_modes = ["answer-model", "answer-free", "abstain"]
 
-    def __init__(self, data: Path | None = None, k: int = 10) -> None:
+    def __init__(self, data: Path | None = None, k: int = 10, split: Split = "all") -> None:
         self.data = find_shared_data("wikiqa", "qa_dev.jsonl", data)
         self.k = k
+        self.split = split
         self._qa = None
 
     def items(self, limit: int | None) -> list[EvalItem]:
         by_kind: dict[str, list[EvalItem]] = {"yes_no": [], "open": []}
         with (self.data / "qa_dev.jsonl").open(encoding="utf-8") as f:
             for row in map(json.loads, f):
+                if self.split != "all" and wikiqa_split(row) != self.split:
+                    continue
                 kind = "yes_no" if row["is_yes_no"] else "open"
                 by_kind[kind].append(EvalItem(id=row["id"], category=kind, data=row))
         return [item for items in by_kind.values() for item in items[:limit]]
@@ -81,36 +111,87 @@ class WikiQASuite:
         if self._qa is None:
             from slmflow.agents.docs_qa import DocsQA
 
-            self._qa = DocsQA(self.data / "corpus", model, include=WIKIQA_FILES, k=3)
+            self._qa = DocsQA(self.data / "corpus", model, include=WIKIQA_FILES, k=ANSWER_CHUNKS)
             self._qa.update_index()
         return self._qa
+
+    def gold_paths(self, row: dict) -> list[str]:
+        """The indexed paths of a row's gold articles (every revision), for leaving them out."""
+        return [f"{doc}.txt.clean" for doc in row["gold_doc_ids"]]
 
     def run(self, item: EvalItem, mode: str, model) -> ItemResult:
         qa = self.qa(model)
         row = item.data
-        gold = set(row["gold_doc_ids"])
+        if mode == "retrieval":
+            return self._retrieval(item, qa)
+        where = {"path": {"$nin": self.gold_paths(row)}} if mode == "abstain" else None
+        qa.pick = "model" if mode == "answer-model" else "rule"
+        answer = qa.ask(row["question"], where=where, method="free" if mode == "answer-free" else "grounded")
+        latency = (answer.retrieval_ms + answer.generation_ms) / 1000
+        detail = {"answers": row["answers"], "cited": [s.label() for s in answer.cited],
+                  "evidence": answer.evidence.text if answer.evidence else None}
+        if mode == "abstain":
+            return ItemResult(id=item.id, category=item.category, mode=mode, passed=not answer.found,
+                              metrics={"abstained": float(not answer.found)}, latency_s=latency,
+                              tokens=answer.completion_tokens, output=answer.answer, detail=json.dumps(detail))
+        metrics = answer_metrics(row, answer)
+        passed = metrics.get("yes_no_accuracy", metrics.get("exact_match", 0.0)) == 1.0
+        return ItemResult(id=item.id, category=item.category, mode=mode, passed=passed, metrics=metrics,
+                          latency_s=latency, tokens=answer.completion_tokens, output=answer.answer,
+                          detail=json.dumps(detail))
+
+    def _retrieval(self, item: EvalItem, qa) -> ItemResult:
+        gold = set(item.data["gold_doc_ids"])
         start = time.perf_counter()
-        hits = qa.retriever.search(row["question"], k=self.k)
+        hits = qa.retriever.search(item.data["question"], k=self.k)
         latency = time.perf_counter() - start
         docs = [_doc_id(h.chunk.path) for h in hits]
         metrics = {f"recall@{n}": float(bool(gold & set(docs[:n]))) for n in (1, 5, 10)}
-        if mode == "retrieval":
-            return ItemResult(id=item.id, category=item.category, mode=mode, passed=bool(metrics["recall@5"]),
-                              metrics=metrics, latency_s=latency, tokens=0, output="\n".join(docs[:5]))
-        answer = qa.ask(row["question"])
-        text = _strip_citations(answer.answer)
-        metrics["exact_match"] = exact_match(text, row["answers"])
-        metrics["f1"] = token_f1(text, row["answers"])
-        if row["is_yes_no"]:
-            said = text.split(",")[0].split(".")[0].strip().lower()
-            metrics["yes_no_accuracy"] = float(said == normalise_answer(row["answers"][0]).split()[0])
-        if answer.cited:
-            metrics["citation_accuracy"] = sum(_doc_id(s.path) in gold for s in answer.cited) / len(answer.cited)
-        passed = metrics.get("yes_no_accuracy", metrics["exact_match"]) == 1.0
-        return ItemResult(id=item.id, category=item.category, mode=mode, passed=passed, metrics=metrics,
-                          latency_s=(answer.retrieval_ms + answer.generation_ms) / 1000,
-                          tokens=answer.completion_tokens, output=answer.answer,
-                          detail=json.dumps({"answers": row["answers"], "cited": [s.label() for s in answer.cited]}))
+        return ItemResult(id=item.id, category=item.category, mode="retrieval", passed=bool(metrics["recall@5"]),
+                          metrics=metrics, latency_s=latency, tokens=0, output="\n".join(docs[:5]))
+
+    @staticmethod
+    def derived(row: dict[str, float]) -> dict[str, float]:
+        """Balanced yes/no accuracy, the mean of the recall of each gold answer."""
+        if "yes_recall" in row and "no_recall" in row:
+            return {"yes_no_balanced_accuracy": (row["yes_recall"] + row["no_recall"]) / 2}
+        return {}
+
+
+def answer_metrics(row: dict, answer) -> dict[str, float]:
+    """One answer's scores. Open questions: exact match and token F1 (not-found scores 0), and
+    whether the answer is a verbatim span of the cited chunk; polar questions: accuracy, and
+    recall of the gold answer's side; both: citation accuracy, abstention."""
+    gold = set(row["gold_doc_ids"])
+    text = _strip_citations(answer.answer)
+    metrics = {"abstained": float(not answer.found)}
+    if row["is_yes_no"]:
+        truth = said_yes_no(row["answers"][0])
+        right = float(answer.found and said_yes_no(text) == truth)
+        metrics["yes_no_accuracy"] = right
+        metrics[f"{truth}_recall"] = right
+    else:
+        metrics["exact_match"] = exact_match(text, row["answers"]) if answer.found else 0.0
+        metrics["f1"] = token_f1(text, row["answers"]) if answer.found else 0.0
+    if answer.cited:
+        metrics["citation_accuracy"] = sum(_doc_id(s.path) in gold for s in answer.cited) / len(answer.cited)
+    if answer.found and answer.evidence is not None:
+        metrics["quote_verbatim"] = float(quotes_verbatim(answer))
+    return metrics
+
+
+def quotes_verbatim(answer) -> bool:
+    """Whether the evidence sentence, and a wh-answer, are the cited chunk's text at their offsets."""
+    chunk = answer.cited[0]
+
+    def at(start: int, end: int) -> str:
+        return chunk.text[start - chunk.start:end - chunk.start]
+
+    evidence_ok = at(answer.evidence.start, answer.evidence.end) == answer.evidence.text
+    if answer.kind == "polar":
+        return evidence_ok
+    return evidence_ok and answer.answer_start is not None and at(answer.answer_start, answer.answer_end) == \
+        answer.answer
 
 
 def ndcg_at(ranked: list[str], relevant: set[str], k: int = 10) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,8 +70,10 @@ class EvalRun(BaseModel):
     items: list[ItemResult]
 
 
-def summarise(results: list[ItemResult]) -> dict[str, dict[str, float]]:
-    """Per mode: accuracy per category, overall, mean of each metric, latency p50/p95."""
+def summarise(results: list[ItemResult],
+              derived: Callable[[dict[str, float]], dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """Per mode: accuracy per category, overall, mean of each metric, latency p50/p95, and what
+    ``derived`` (a suite's own) computes from those means."""
     by_mode: dict[str, list[ItemResult]] = defaultdict(list)
     for r in results:
         by_mode[r.mode].append(r)
@@ -88,6 +91,7 @@ def summarise(results: list[ItemResult]) -> dict[str, dict[str, float]]:
         row["latency_p50_s"] = statistics.median(latencies)
         row["latency_p95_s"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
         row["tokens_mean"] = sum(r.tokens for r in rs) / len(rs)
+        row.update(derived(row) if derived else {})
         summary[mode] = {k: round(v, 4) for k, v in row.items()}
     return summary
 
@@ -114,7 +118,7 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
                                               metrics={"errors": 1.0}, latency_s=0.0, tokens=0,
                                               output=f"error: {err}"))
                 bar.advance(task)
-    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summarise(results), items=results)
+    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summarise(results, getattr(suite, "derived", None)), items=results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(run.model_dump_json(indent=2), encoding="utf-8")
     (out_dir / "report.html").write_text(render_html(run), encoding="utf-8")

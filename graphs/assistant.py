@@ -83,9 +83,12 @@ class RouteSignals(BaseModel):
     @classmethod
     def measure(cls, request: str, selector: ToolSelector, tools: Sequence, docs=None) -> RouteSignals:
         """``docs``: a Retriever over the documents folder, or None."""
-        scores = selector.select(request, tools).scores
-        best = max(scores, key=scores.get, default=None)
-        return cls(best_tool=best, tool_score=scores.get(best, 0.0) if best else 0.0,
+        selection = selector.select(request, tools)
+        scores = selection.scores
+        best = selection.triggered or max(scores, key=scores.get, default=None)
+        # A tool's trigger pattern (an arithmetic expression, "what time is it") is a certain fit.
+        score = 1.0 if selection.triggered else scores.get(best, 0.0) if best else 0.0
+        return cls(best_tool=best, tool_score=score,
                    docs_similarity=docs.relevance(request) if docs is not None else None)
 
 
@@ -146,6 +149,12 @@ def _event(node: str, model: Model | None, started: float, usage: Usage | None =
 
 def _request(state: AssistantState) -> str:
     return next(m.content for m in reversed(state["messages"]) if m.type == "human")
+
+
+def _history(state: AssistantState) -> list[dict]:
+    """The thread's earlier user and assistant turns (the checkpoint keeps them), for any node."""
+    return [{"role": {"human": "user", "ai": "assistant"}[m.type], "content": m.content}
+            for m in state["messages"][:-1] if m.type in ("human", "ai")]
 
 
 def _ask_user(tool: Tool, call: ToolCall) -> bool:
@@ -236,9 +245,7 @@ class AssistantGraph:
         agent = Agent(model, tools=self.tools, allow_mutating_tools=self.allow_mutating, approve=_ask_user,
                       tool_selector=self._tool_selector(),
                       limits=AgentLimits(max_steps=4, max_tokens=min(256, self._budget(state))))
-        history = [{"role": {"human": "user", "ai": "assistant"}[m.type], "content": m.content}
-                   for m in state["messages"][:-1] if m.type in ("human", "ai")]
-        result = agent.run(_with_image_text(state, _request(state)), history=history)
+        result = agent.run(_with_image_text(state, _request(state)), history=_history(state))
         usage = Usage.combined([e.usage for e in result.trace if e.usage])
         calls = [c.name for e in result.trace for c in e.tool_calls]
         note = f"status {result.status}" + (f", tools: {', '.join(calls)}" if calls else "")
@@ -249,12 +256,12 @@ class AssistantGraph:
         started = time.perf_counter()
         model = load_model(role="moe")
         question = _with_image_text(state, _request(state))
-        steps = model.generate([{"role": "user", "content": question + "\nThink step by step."}],
-                               max_tokens=min(256, self._budget(state)))
+        # The thread's earlier turns come first, so "and double it" can be worked out from them.
+        asked = [*_history(state), {"role": "user", "content": question + "\nThink step by step."}]
+        steps = model.generate(asked, max_tokens=min(256, self._budget(state)))
         reasoning = steps.text()
 
-        final = model.generate([{"role": "user", "content": question + "\nThink step by step."},
-                                {"role": "assistant", "content": reasoning},
+        final = model.generate([*asked, {"role": "assistant", "content": reasoning},
                                 {"role": "user", "content": "Now give only the final answer."}],
                                output=FinalAnswer, max_tokens=100)
         usage = steps.result().usage
@@ -265,8 +272,7 @@ class AssistantGraph:
     def docs(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         answer = self.docs_qa().ask(_request(state))
-        cited = "; ".join(s.label() for s in answer.cited)
-        return {"messages": [AIMessage(content=answer.answer + (f"\n{cited}" if cited else ""))],
+        return {"messages": [AIMessage(content=answer.render())],
                 "trace": [_event("docs", self._docs.model, started, tokens=answer.completion_tokens,
                                  note=f"{len(answer.sources)} sources")],
                 "tokens_used": answer.completion_tokens}

@@ -2,7 +2,7 @@
 
 The same steps as :class:`~slmflow.agents.docs_qa.DocsQA` (which the CLI's ``agents run docs-qa``
 uses directly), as LangGraph nodes, so the pipeline can be checkpointed, streamed, or embedded in a
-larger graph. The answer message carries its citations (file and page or section) after the text.
+larger graph. The answer message carries its quoted evidence and its location after the text.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ def build_docs_qa_graph(qa: DocsQA, checkpointer=None):
 
     def answer(state: DocsQAState) -> dict:
         result = qa.answer(question(state), state["hits"], state["retrieval_ms"])
-        cited = "\n".join(source.label() for source in result.cited)
-        return {"messages": [AIMessage(content=result.answer + (f"\n{cited}" if cited else ""))],
+        return {"messages": [AIMessage(content=result.render())],
                 "trace": [{"node": "answer", "model": str(qa.model.spec), "tokens": result.completion_tokens,
                            "ms": round(result.generation_ms, 1), "note": f"{len(result.cited)} cited"}]}
 

@@ -149,33 +149,6 @@ class Model:
             run.matcher, run.jump_forward, loops, drafter,
         ))
 
-    def option_logprobs(self, prompt: Prompt, options: Seq[str], system: str | None = None) -> list[float]:
-        """The log-probability of each option as the whole start of the reply (its tokens one after
-        another, without a sampler): a decision that can be calibrated, unlike one generated token.
-        The prompt is prefilled once, through the prefix cache; each option's tokens are then
-        appended and rewound."""
-        import torch
-
-        ids = self.prompt_ids(prompt, system)
-        encoded = [self.tokenizer.encode(option) for option in options]
-        if not all(encoded):
-            raise PromptError("an option has no tokens", "pass non-empty options")
-        longest = max(len(e) for e in encoded)
-        state, cached = self.cache.acquire(ids, needed=self.fit(ids, longest) + len(ids))
-        try:
-            first = torch.log_softmax(state.seq.extend(ids[cached:]).float(), -1)
-            scores = []
-            for tokens in encoded:
-                total = float(first[tokens[0]])
-                if len(tokens) > 1:
-                    rows = torch.log_softmax(state.seq.extend_all(tokens[:-1]).float(), -1)
-                    total += float(sum(rows[i, t] for i, t in enumerate(tokens[1:])))
-                    state.seq.rewind(len(ids))
-                scores.append(total)
-        finally:
-            self.cache.release(state, list(ids), prompt_len=len(ids))
-        return scores
-
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""
         return Session(self)

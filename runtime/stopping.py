@@ -52,15 +52,23 @@ class LoopDetector:
     Small models under greedy decoding fall into loops ("I'm going to ... I'm going to ...") that
     run until ``max_tokens``: the user waits for text nobody wants. A loop here is a suffix of the
     generated tokens that repeats a block of at most ``max_period`` tokens at least ``min_repeats``
-    times and is at least ``min_span`` tokens long; real text almost never does that. For each
+    times (``long_repeats`` for a block longer than ``short_period``) and is at least ``min_span``
+    tokens long; real text almost never does that. For each
     period k it keeps the length of the current run where token[i] == token[i - k], so a token
     costs O(max_period).
     """
 
-    def __init__(self, max_period: int = 32, min_repeats: int = 4, min_span: int = 64) -> None:
+    def __init__(self, max_period: int = 128, min_repeats: int = 4, min_span: int = 64, short_period: int = 32,
+                 long_repeats: int = 2) -> None:
+        """A block longer than ``short_period`` tokens (a whole sentence said again and again, as
+        in a 1,109-token /api/chat reply) counts as a loop after ``long_repeats`` repeats: real
+        text does not say 33+ tokens twice in a row, and four repeats of a long sentence would
+        take hundreds of tokens to notice."""
         self.max_period = max_period
         self.min_repeats = min_repeats
         self.min_span = min_span
+        self.short_period = short_period
+        self.long_repeats = long_repeats
         self._tokens: list[int] = []
         self._runs = [0] * (max_period + 1)
         self.period = 0
@@ -74,6 +82,7 @@ class LoopDetector:
         for k in range(1, min(self.max_period, n - 1) + 1):
             run = self._runs[k] + 1 if tokens[n - 1 - k] == token else 0
             self._runs[k] = run
-            if not self.period and run + k >= max(self.min_span, self.min_repeats * k):
+            repeats = self.min_repeats if k <= self.short_period else self.long_repeats
+            if not self.period and run + k >= max(self.min_span, repeats * k):
                 self.period = k
         return self.period > 0

@@ -45,6 +45,9 @@ class ToolSpec(BaseModel):
     name: str
     description: str = ""
     parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    #: A regular expression (case-insensitive): a request it matches is given this tool, whatever
+    #: the embedding selector scores (arithmetic → calculator). Not sent to the model or an engine.
+    triggers: str | None = Field(None, exclude=True)
 
     def openai_format(self) -> dict:
         return {"type": "function", "function": self.model_dump()}
@@ -96,6 +99,35 @@ def tool_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice = "auto", pa
     calls = 'calls: call ("\\n" call)*' if parallel else "calls: call"
     start = "start: text | calls" if choice == "auto" else "start: calls"
     return Grammar("\n".join([start, calls, call, *rules, text_rule]) + "\n")
+
+
+# A value in a tool result: a run with at least one digit (numbers, dates, times, ids), with the
+# punctuation that belongs inside it ("1,234.5", "2026-12-03T06:46:29+00:00", "12:30").
+_VALUE = re.compile(r"[-+$€£]?[\w:/.,+-]*\d[\w:/.,+-]*")
+
+
+def tool_result_values(messages: Sequence[Message]) -> list[str]:
+    """The values in the tool results since the last user message, longest first, each once: what
+    an answer after those results may show as digits (see :func:`answer_grammar`)."""
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    found: dict[str, None] = {}
+    for m in messages[last_user + 1:]:
+        if m.role == "tool":
+            for match in _VALUE.finditer(m.content):
+                found[match.group().rstrip(".,:")] = None
+    return sorted((v for v in found if any(c.isdigit() for c in v)), key=len, reverse=True)
+
+
+def answer_grammar(values: Sequence[str]) -> Grammar:
+    """An answer in words after tool results, in which every digit is copied from a tool result:
+    free text has no digits, and each value of ``values`` may stand anywhere in it verbatim. A
+    small model cannot then rewrite "391" as "333" or a timestamp as another one; what it shows
+    that a tool returned is byte-identical to it."""
+    if not values:
+        return Grammar("start: text\ntext: /[^<\\s][\\s\\S]*/\n")
+    literals = " | ".join(json.dumps(v, ensure_ascii=False) for v in values)
+    return Grammar("start: text\ntext: (WORDS | value)+\nWORDS: /[^<0-9]+/\n"
+                   f"value: {literals}\n")
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:
@@ -184,6 +216,8 @@ def generate_with_tools(
         turn = model.tool_turn(messages, callable_tools, tool_choice, parallel, max_tokens, sampling)
         return turn.model_copy(update={"selection": selection})
     grammar = tool_call_grammar(callable_tools, tool_choice, parallel)
+    if tool_choice == "none" and messages[-1].role == "tool":
+        grammar = answer_grammar(tool_result_values(messages))
     ids = tool_prompt(model, messages, tools)
     if len(ids) + 1 > model.context_length:
         raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "

@@ -69,9 +69,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def to_job(body: OllamaChatRequest, max_tokens_limit: int) -> ChatJob:
+def to_job(body: OllamaChatRequest, max_tokens_limit: int, default_max_tokens: int) -> ChatJob:
     o = body.options
-    max_tokens = o.num_predict if o.num_predict and o.num_predict > 0 else max_tokens_limit
+    max_tokens = o.num_predict if o.num_predict and o.num_predict > 0 else min(default_max_tokens, max_tokens_limit)
     if max_tokens > max_tokens_limit:
         raise ServeError(400, f"options.num_predict={max_tokens} is above this server's limit of {max_tokens_limit}")
     constraint = None
@@ -105,7 +105,8 @@ async def chat(body: OllamaChatRequest, request: Request):
     if not body.messages:  # Ollama's way of asking for a model to be loaded
         return {"model": body.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                 "done_reason": "load", "done": True}
-    job = to_job(body, request.app.state.settings.max_tokens)
+    settings = request.app.state.settings
+    job = to_job(body, settings.max_tokens, settings.default_max_tokens)
     job.selector = request.app.state.selector
     started = time.perf_counter()
     if not body.stream:

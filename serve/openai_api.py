@@ -63,8 +63,8 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
 
 
-def to_job(body: ChatCompletionRequest, max_tokens_limit: int) -> ChatJob:
-    max_tokens = body.max_completion_tokens or body.max_tokens or max_tokens_limit
+def to_job(body: ChatCompletionRequest, max_tokens_limit: int, default_max_tokens: int) -> ChatJob:
+    max_tokens = body.max_completion_tokens or body.max_tokens or min(default_max_tokens, max_tokens_limit)
     if max_tokens > max_tokens_limit:
         raise ServeError(400, f"max_tokens={max_tokens} is above this server's limit of {max_tokens_limit}",
                          "max_tokens")
@@ -101,7 +101,8 @@ def _usage(outcome: ChatOutcome) -> dict:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     entry = served(request, body.model)
-    job = to_job(body, request.app.state.settings.max_tokens)
+    settings = request.app.state.settings
+    job = to_job(body, settings.max_tokens, settings.default_max_tokens)
     job.selector = request.app.state.selector
     ident, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
     head = {"id": ident, "created": created, "model": body.model}

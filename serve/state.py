@@ -17,6 +17,8 @@ class ServeSettings(BaseModel):
     api_key: str | None = Field(None, description="required as 'Authorization: Bearer KEY' when set")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     max_tokens: int = Field(2048, ge=1, description="the most tokens one reply may ask for")
+    default_max_tokens: int = Field(512, ge=1, description="a reply's length when the request sets none (a "
+                                                           "small model left unbounded can talk for minutes)")
     max_queue: int = Field(64, ge=1, description="requests running or waiting per model; more get 429")
     tool_selector: bool = Field(True, description="decide tool_choice='auto' turns with the embedding selector, "
                                                   "as agents do (runtime/tool_selection.py)")

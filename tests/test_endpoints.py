@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from serving import app_server, command_server, free_port
-from slmflow.agents.docs_qa import answer_constraint
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import Choice, JsonSchema, Regex
 from slmflow.runtime.embedded import find_gguf
 from slmflow.runtime.endpoints.ollama_endpoint import OllamaModel
 from slmflow.runtime.errors import EndpointError, PromptError
 from slmflow.runtime.specs import parse_spec
+from slmflow.tools.rag.loaders import load_document
 from slmflow.runtime.tool_calling import ToolSpec, generate_with_tools
 from slmflow.serve.app import create_app
 from slmflow.serve.state import ServeSettings
@@ -34,10 +34,13 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    """llama-cpp-python's OpenAI-compatible server on the embedded GGUF, model alias "smollm2"."""
+    """llama-cpp-python's OpenAI-compatible server on the embedded GGUF, model alias "smollm2".
+    ``--n_batch 1``: llama-cpp-python 0.3.36 (llama.cpp with AMX repacking of q4_1 weights)
+    segfaults in ``decode`` on any batch of more than one token on CPUs with AMX (seen on this
+    project's CI machines, Dec 2026); one token a step is slower to prefill and works."""
     log = tmp_path_factory.mktemp("llama") / "server.log"
     args = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
-            "--port", "{port}", "--n_ctx", "4096", "--chat_format", "chatml-function-calling",
+            "--port", "{port}", "--n_ctx", "4096", "--n_batch", "1", "--chat_format", "chatml-function-calling",
             "--model_alias", "smollm2"]
     with command_server(args, "/v1/models", log) as url:
         yield url + "/v1"
@@ -207,15 +210,22 @@ def test_presets_name_their_url_and_key_variable(monkeypatch):
 
 def test_docs_qa_with_a_served_model_and_a_chroma_server(llama_server, chroma_url, tmp_path):
     run = [sys.executable, "-m", "slmflow.cli", "run", "docs-qa", str(EXAMPLES), "--model",
-           f"openai:smollm2@{llama_server}", "--index-url", chroma_url]
+           f"openai:smollm2@{llama_server}", "--pick", "model", "--index-url", chroma_url]
     done = subprocess.run([*run, "--json", "-q", "How tall is the Eiffel Tower?"], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["sources"] and all(s["path"] in {"eiffel-tower.md", "honeybees.html", "coffee.txt"}
                                      for s in answer["sources"])
-    # The reply held to the answer constraint: one cited sentence, or the not-found sentence.
-    answer_constraint(len(answer["sources"]), polar=False).validate_text(answer["answer"])
+    # The served model takes no masks: its reply was checked on arrival. Shown as verified only
+    # when it is the document's text at the offsets given; the evidence always is.
+    assert answer["found"], answer
+    document = load_document(EXAMPLES / answer["evidence"]["path"]).text
+    assert document[answer["evidence"]["start"]:answer["evidence"]["end"]] == answer["evidence"]["text"]
+    if answer["verified"]:
+        assert document[answer["answer_start"]:answer["answer_end"]] == answer["answer"]
+    else:
+        assert answer["answer_start"] is None
     again = subprocess.run([*run, "-q", "What do honeybees eat?"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "indexed 0 files" in again.stderr and "3 unchanged" in again.stderr

@@ -7,7 +7,9 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from slmflow.agents.answer_spans import QuestionKind, answer_pieces, question_kind
+from slmflow.agents.answer_spans import QuestionKind, answer_pieces, question_kind, typed_spans
+from slmflow.agents.docs_qa import pick_piece
+from slmflow.agents.polar import YES_THRESHOLD, polar_features
 from slmflow.runtime.constraints import Quote
 from slmflow.runtime.speculation import PromptLookup
 
@@ -58,6 +60,41 @@ def test_answer_pieces_leave_out_the_questions_words_and_prefer_the_asked_kind()
     pieces = [sentence[a:b] for a, b in answer_pieces(sentence, {"became", "professor"}, lambda w: {w.lower()},
                                                       QuestionKind.TIME)]
     assert pieces == ["1820"]
+
+
+@pytest.mark.parametrize(("sentence", "kind", "question_words", "spans"), [
+    ("Construction began in January 1887 and was finished in March 1889.", QuestionKind.TIME, set(),
+     ["January 1887", "March 1889"]),
+    ("Lincoln was just seven years old when, in 1816, the family moved.", QuestionKind.NUMBER, {"1816"},
+     ["seven years"]),
+    ("Revenue was $11,588.00, or 13.2 billion dollars.", QuestionKind.NUMBER, set(),
+     ["$11,588.00", "13.2 billion dollars"]),
+    ("It is named after the engineer Gustave Eiffel, whose company built it.", QuestionKind.NAME, {"eiffel"},
+     ["Gustave Eiffel"]),
+])
+def test_typed_spans_are_the_dates_numbers_and_names_outside_the_question(sentence, kind, question_words, spans):
+    found = typed_spans(sentence, kind, question_words, lambda w: {w.lower()})
+    assert [sentence[a:b] for a, b in found] == spans
+
+
+def test_rule_picks_the_first_quantity_and_the_fullest_name():
+    sentence = "Brazil is first, ahead of Vietnam and James G. Blaine of Maine, with 2.5 million bags and 3 more."
+    names = typed_spans(sentence, QuestionKind.NAME, set(), lambda w: {w.lower()})
+    a, b = pick_piece(sentence, names, QuestionKind.NAME)
+    assert sentence[a:b] == "James G. Blaine of Maine"
+    numbers = typed_spans(sentence, QuestionKind.NUMBER, set(), lambda w: {w.lower()})
+    a, b = pick_piece(sentence, numbers, QuestionKind.NUMBER)
+    assert sentence[a:b] == "2.5 million bags"
+
+
+def test_polar_score_says_no_to_a_claim_its_evidence_negates():
+    question = "Is Liechtenstein heavily urbanized?"
+    terms = {"liechtenstein", "heavili", "urban"}
+    agreeing = polar_features(question, "Liechtenstein is heavily urbanized.", "Liechtenstein", 1.0, 0.9, terms,
+                              terms)
+    negated = polar_features(question, "Despite this, it is not heavily urbanized.", "Liechtenstein", 1.0, 0.9,
+                             terms, terms)
+    assert agreeing.probability_yes() >= YES_THRESHOLD > negated.probability_yes()
 
 
 @pytest.mark.slow

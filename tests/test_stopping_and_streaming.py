@@ -143,3 +143,10 @@ def test_combined_usage_adds_counts_and_rates_decoding_over_all_steps():
     both = Usage.combined([a, b])
     assert (both.prompt_tokens, both.completion_tokens, both.total_s) == (30, 32, 2.6)
     assert both.decode_tokens_per_s == 30 / 2.0  # 10 + 20 decoded tokens over 1.0 + 1.0 s of decoding
+
+
+def test_a_long_sentence_said_over_and_over_ends_within_200_tokens():
+    sentence = list(range(100, 160))  # a 60-token sentence, longer than any short block
+    detector = LoopDetector()
+    fired = [detector.feed(t) for t in sentence * 10]
+    assert fired.index(True) < 200 and detector.period == 60

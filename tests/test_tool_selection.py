@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from slmflow.runtime.constraints import JsonSchema, _closed_objects
 from slmflow.runtime.tool_calling import ToolSpec, generate_with_tools
 from slmflow.runtime.tool_selection import ToolSelector
@@ -43,3 +45,33 @@ def test_required_but_undeclared_property_stays_satisfiable(onnx_model):
     schema = _closed_objects({"type": "object", "properties": {}, "required": ["adults"]})
     assert schema["properties"] == {"adults": {}}
     assert onnx_model.constraints.accepts(JsonSchema(schema), '{"adults": 2}')
+
+
+def test_arithmetic_and_clock_requests_reach_their_tools_by_trigger():
+    from slmflow.tools import calculator, current_time
+
+    selector = ToolSelector()
+    tools = [calculator.spec, current_time.spec, WEATHER]
+    for request, name in [("What is 17 * 23?", "calculator"), ("What is 12% of 250?", "calculator"),
+                          ("What time is it now?", "current_time"), ("what is the date today", "current_time")]:
+        selection = selector.select(request, tools)
+        assert (selection.allowed, selection.triggered) == ([name], name), request
+    assert selector.select("Tell me about 1990s music", tools).triggered is None
+    assert "triggers" not in calculator.spec.model_dump()  # never sent to a model or an engine
+
+
+def test_answer_after_a_tool_result_shows_its_digits_verbatim(onnx_model):
+    from slmflow.runtime.messages import as_messages
+    from slmflow.runtime.tool_calling import answer_grammar, tool_result_values
+
+    messages = [{"role": "user", "content": "What time is it now?"},
+                {"role": "assistant", "content": '<tool_call>{"name": "current_time", "arguments": {}}</tool_call>'},
+                {"role": "tool", "content": "2026-12-03T06:46:29+00:00"}]
+    assert tool_result_values(as_messages(messages)) == ["2026-12-03T06:46:29+00:00"]
+    grammar = answer_grammar(["391"])
+    assert onnx_model.constraints.accepts(grammar, "17 * 23 is 391.") is False  # digits not from the tool
+    assert onnx_model.constraints.accepts(grammar, "The product is 391.")
+    turn = generate_with_tools(onnx_model, messages, [CLOCK], selector=ToolSelector(), max_tokens=48)
+    # Every digit shown is inside a verbatim copy of the tool's value.
+    assert "2026-12-03T06:46:29+00:00" in turn.text, turn.text
+    assert not re.search(r"\d", turn.text.replace("2026-12-03T06:46:29+00:00", "")), turn.text

@@ -46,6 +46,8 @@ class Tool(BaseModel):
     #: A person must approve each call (used by graphs that can interrupt).
     needs_approval: bool = False
     timeout_s: float = 30.0
+    #: See :attr:`ToolSpec.triggers`: requests this pattern matches go to this tool.
+    triggers: str | None = None
 
     @property
     def spec(self) -> ToolSpec:
@@ -53,15 +55,16 @@ class Tool(BaseModel):
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
-        return ToolSpec(name=self.name, description=self.description, parameters=schema)
+        return ToolSpec(name=self.name, description=self.description, parameters=schema, triggers=self.triggers)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
 
 def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool = False,
-         needs_approval: bool = False, timeout_s: float = 30.0):
-    """Decorate a typed function (sync or async) to make it a :class:`Tool`."""
+         needs_approval: bool = False, timeout_s: float = 30.0, triggers: str | None = None):
+    """Decorate a typed function (sync or async) to make it a :class:`Tool`. ``triggers``: a
+    regular expression for requests that certainly need this tool (see :attr:`ToolSpec.triggers`)."""
 
     def wrap(f: Callable) -> Tool:
         fields = {}
@@ -74,7 +77,8 @@ def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool =
         args_model = create_model(f"{f.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
         doc = inspect.getdoc(f) or ""
         return Tool(name=name or f.__name__, description=doc.split("\n\n")[0].strip(), fn=f,
-                    args_model=args_model, mutates=mutates, needs_approval=needs_approval, timeout_s=timeout_s)
+                    args_model=args_model, mutates=mutates, needs_approval=needs_approval, timeout_s=timeout_s,
+                    triggers=triggers)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import operator
+import re
 from pathlib import Path
 
 from slmflow.tools.base import Tool, ToolError, tool
@@ -89,15 +90,25 @@ def _evaluate(node):
     raise ToolError(f"only numbers and + - * / // % ** ( ) are allowed, not {type(node).__name__.lower()}")
 
 
-@tool
+# Requests that certainly need a tool (ToolSpec.triggers): two numbers joined by an operator, or a
+# percentage of a number; the current time or date.
+ARITHMETIC = (r"\d\s*(?:[-+*/^×x]|\*\*|plus|minus|times|divided by|multiplied by)\s*\(?\s*-?\d|"
+              r"\d\s*(?:%|percent)\s*of\s*\d|\bsquare root of\s*\d")
+TIME_NOW = (r"\bwhat(?:'s| is)? the (?:current )?(?:time|date|day)\b|\bwhat time is it\b|\btoday'?s date\b|"
+            r"\bcurrent (?:time|date)\b|\b(?:time|date) (?:is it )?now\b|\bwhat day is (?:it|today)\b")
+_PERCENT_OF = re.compile(r"(\d+(?:\.\d+)?)\s*(?:%|percent)\s*of\s*")
+
+
+@tool(triggers=ARITHMETIC)
 def calculator(expression: str) -> float | int:
     """Math calculator: compute the numeric result of one arithmetic expression such as (12 + 7) * 3
-    (+ - * / // % ** ^ and parentheses)."""
+    (+ - * / // % ** ^ and parentheses; "12% of 250" is 12 / 100 * 250)."""
     if len(expression) > 200:
         raise ToolError("expression longer than 200 characters")
+    text = _PERCENT_OF.sub(r"(\1 / 100) * ", expression).replace("×", "*").replace("^", "**")
     try:
         # Small models often close an argument with a stray comma; "1 * 2," is not meant as a tuple.
-        tree = ast.parse(expression.replace("^", "**").strip().rstrip(",;").strip(), mode="eval")
+        tree = ast.parse(text.strip().rstrip(",;").strip(), mode="eval")
     except SyntaxError:
         raise ToolError(f"cannot parse '{expression}'") from None
     try:
@@ -106,7 +117,7 @@ def calculator(expression: str) -> float | int:
         raise ToolError("division by zero") from None
 
 
-@tool
+@tool(triggers=TIME_NOW)
 def current_time(timezone: str = "UTC") -> str:
     """The current date and time in ISO 8601, in UTC or an IANA time zone such as 'Europe/Paris'."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

@@ -21,6 +21,7 @@ from slmflow.runtime.constraints import (
     Constraint,
     ConstraintError,
     JsonSchema,
+    Quote,
     Regex,
     StructuredOutputError,
     parse_output,
@@ -70,9 +71,15 @@ class ChatReply:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-def wire_schema(constraint: Constraint) -> tuple[dict, bool]:
+
+def wire_schema(constraint: Constraint) -> tuple[dict | None, bool]:
     """The JSON Schema an engine is given for ``constraint``, and whether the reply is wrapped in
-    ``{"value": ...}`` (Choice and Regex are strings, which not every engine accepts at top level)."""
+    ``{"value": ...}`` (Choice and Regex are strings, which not every engine accepts at top level).
+    A :class:`Quote` has no schema form (no engine takes a substring pattern): the reply comes as
+    free text, and the caller checks it on arrival (``Quote.snap``) and marks it unverified when it
+    is no span of the sources."""
+    if isinstance(constraint, Quote):
+        return None, False
     if isinstance(constraint, JsonSchema):
         return constraint.schema_dict, False
     if isinstance(constraint, Choice):
@@ -177,7 +184,7 @@ class EndpointModel:
             if not wrapped:
                 yield delta
         text = "".join(pieces)
-        if constraint is not None and reply.finish_reason == "stop":
+        if constraint is not None and not isinstance(constraint, Quote) and reply.finish_reason == "stop":
             if wrapped:
                 text = _unwrap(text)
                 yield text

@@ -5,7 +5,8 @@ window (256 word pieces for all-MiniLM-L6-v2, part of it left for the title line
 embedded with). A chunk never spans two headings; it ends at a paragraph or sentence boundary, and
 the next chunk repeats the last sentences of the previous one (``overlap`` tokens) so a fact cut at
 the boundary is still whole in one of them. Each chunk keeps its character range in the document
-text, its heading and its page for citations.
+text, its heading and its page for citations; a chunk never spans two pages either, so the page
+it cites is the page its text is on.
 """
 
 from __future__ import annotations
@@ -46,11 +47,18 @@ def _units(doc: Document) -> list[tuple[int, int, int]]:
             for a, b in split_sentences(doc.text[section.start:section.end])]
 
 
+# A run of lines that hard-wrapped prose makes: the next line goes on in lower case ("a waggle\n
+# dance tells"), or the line is long (60+ characters) and ends without a full stop, colon or
+# semicolon ("the 1889 World's\nFair."). Short lines starting with a capital or a digit start
+# anew, so the rows of a table, list items and headings stay apart.
+_PARAGRAPH = re.compile(r"[^\n]+(?:(?:\n(?=[a-z])|(?<=[^\n]{60})(?<![.!?:;])\n)[^\n]+)*")
+
+
 def split_sentences(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each sentence of ``text``, line breaks counting as boundaries, surrounding
-    whitespace left out."""
+    """(start, end) of each sentence of ``text``, surrounding whitespace left out. A line break is
+    a boundary too, unless the next line goes on in lower case (hard-wrapped text)."""
     spans = []
-    for para in re.finditer(r"[^\n]+", text):
+    for para in _PARAGRAPH.finditer(text):
         cuts = [0, *(m.end() for m in SENTENCE_END.finditer(para.group())), len(para.group())]
         for a, b in zip(cuts, cuts[1:], strict=False):
             piece = para.group()[a:b]
@@ -79,7 +87,7 @@ def chunk_document(doc: Document, tokenizer, max_tokens: int = 200, overlap: int
     chunks: list[tuple[int, int, int]] = []  # first piece, last piece (inclusive), section
     first, total = 0, 0
     for i, (_, _, sec, n) in enumerate(pieces):
-        new_heading = _heading(doc, sec) != _heading(doc, pieces[first][2])
+        new_heading = _place(doc, sec) != _place(doc, pieces[first][2])
         if i > first and (new_heading or total + n > max_tokens):
             chunks.append((first, i - 1, pieces[first][2]))
             back, carried = i, 0
@@ -100,5 +108,6 @@ def chunk_document(doc: Document, tokenizer, max_tokens: int = 200, overlap: int
     return out
 
 
-def _heading(doc: Document, section: int) -> str:
-    return doc.sections[section].heading
+def _place(doc: Document, section: int) -> tuple[str, int | None]:
+    """What a chunk may not span: its heading, and its page, so a page citation is exact."""
+    return doc.sections[section].heading, doc.sections[section].page

@@ -31,6 +31,12 @@ COVERAGE_WEIGHT = 1.0
 SIMILARITY_WEIGHT = 0.5
 PRIOR_WEIGHT = 0.15
 _MIN_SENTENCE_CHARS = 12
+UNSEEN_IDF = 1.0
+# Words that shape a question but are not what it is about, as the BM25 tokenizer leaves them
+# (its English stop words keep "what", "did", "how", ...): counted, they would make any sentence
+# with "did" in it cover part of every "Did ...?" question.
+_QUESTION_WORDS = frozenset("what do doe did how which who whom whose when where whi can could would should "
+                            "has have had mani much also".split())
 
 
 class Evidence(BaseModel):
@@ -73,9 +79,19 @@ class TermWeights:
     def terms(self, text: str) -> set[str]:
         return set(self._tokenize([text])[0]) if text.strip() else set()
 
+    def question_terms(self, question: str) -> set[str]:
+        """The content words of a question: its terms less the words that only make it a question."""
+        return self.terms(question) - _QUESTION_WORDS
+
     def idf(self, term: str) -> float:
-        """BM25's IDF, floored at a small positive weight so a word in every chunk still counts a little."""
+        """BM25's IDF, floored at a small positive weight so a word in every chunk still counts a
+        little. A word in no chunk at all weighs ``UNSEEN_IDF``: no sentence can hold it, so the
+        rarest weight would only say the stemmer missed a form ("began" for "begin"), not that
+        the word matters most; it still counts, so a question about what no document mentions
+        is covered poorly by every sentence."""
         df = self._df.get(term, 0)
+        if df == 0:
+            return UNSEEN_IDF
         return max(math.log(1 + (self._n - df + 0.5) / (df + 0.5)), 0.05)
 
 
@@ -84,7 +100,7 @@ def rank_evidence(question: str, chunks: Sequence[Chunk], weights: TermWeights,
                   query_vector: np.ndarray | None = None) -> list[Evidence]:
     """The sentences of ``chunks`` (in retrieval order), best first. ``embed`` (texts → unit
     vectors) and ``query_vector`` add the similarity signal; without them it counts 0."""
-    wanted = weights.terms(question)
+    wanted = weights.question_terms(question)
     total = sum(weights.idf(t) for t in wanted) or 1.0
     candidates: list[tuple[Chunk, int, int, int, float]] = []
     for rank, chunk in enumerate(chunks, start=1):

@@ -174,7 +174,7 @@ def load_pdf(path: Path, ocr: Callable[[bytes], str] | None = None) -> Document:
         raise LoadError(f"unreadable PDF ({err})") from None
     builder, no_text = _Builder(), 0
     for number, page in enumerate(pages, start=1):
-        text = page.extract_text() or ""
+        text = _page_text(page)
         if not text.strip() and ocr is not None:
             text = "\n".join(ocr(image.data) for image in page.images)
         if not text.strip():
@@ -184,6 +184,16 @@ def load_pdf(path: Path, ocr: Callable[[bytes], str] | None = None) -> Document:
         raise LoadError("PDF has no text layer and OCR found no text in its pages")
     title = (reader.metadata.title if reader.metadata and reader.metadata.title else "") or path.stem
     return builder.document(path, title)
+
+
+def _page_text(page) -> str:
+    """A page's text in reading order. pypdf's layout mode places text by its position on the
+    page, so a table written column by column (as some generators do) still reads row by row;
+    plain mode, which follows the content stream, is the fallback for pages layout mode fails on."""
+    try:
+        return page.extract_text(extraction_mode="layout", layout_mode_space_vertically=False) or ""
+    except Exception:  # layout mode is newer and fails on some fonts; plain mode reads them
+        return page.extract_text() or ""
 
 
 def load_docx(path: Path) -> Document:

@@ -46,7 +46,15 @@ def _tokenize(texts: list[str], as_ids: bool = True):
 
 
 def _matches(chunk: Chunk, where: dict | None) -> bool:
-    return not where or all(getattr(chunk, key, None) == value for key, value in where.items())
+    """Chroma's ``where`` semantics on one chunk: a value, or ``{"$in": [...]}`` / ``{"$nin": [...]}``."""
+    def holds(value, wanted) -> bool:
+        if isinstance(wanted, dict) and "$in" in wanted:
+            return value in wanted["$in"]
+        if isinstance(wanted, dict) and "$nin" in wanted:
+            return value not in wanted["$nin"]
+        return value == wanted
+
+    return not where or all(holds(getattr(chunk, key, None), value) for key, value in where.items())
 
 
 class Retriever:
@@ -69,7 +77,7 @@ class Retriever:
 
     def search(self, query: str, k: int = 5, mode: Mode = "hybrid", where: dict | None = None) -> list[Hit]:
         """The ``k`` best chunks; ``where`` keeps only chunks whose fields equal the given values
-        (e.g. ``{"path": "guide.md"}``)."""
+        (e.g. ``{"path": "guide.md"}``), or are (not) among them (``{"path": {"$nin": [...]}}``)."""
         if not self.corpus or not query.strip():
             return []
         rankings: dict[str, dict[str, int]] = {}
