@@ -366,6 +366,7 @@ def serve_command(model_specs, host, port, api_key, max_tokens, max_request_byte
 
 
 SUITES = {
+    "assistant-tools": "slmflow.evals.assistant_tools:AssistantToolsSuite",
     "bfcl": "slmflow.evals.bfcl:BfclSuite",
     "docs-qa-wikiqa": "slmflow.evals.docs_qa:WikiQASuite",
     "retrieval-scifact": "slmflow.evals.docs_qa:SciFactSuite",

@@ -122,12 +122,13 @@ def answer_grammar(values: Sequence[str]) -> Grammar:
     """An answer in words after tool results, in which every digit is copied from a tool result:
     free text has no digits, and each value of ``values`` may stand anywhere in it verbatim. A
     small model cannot then rewrite "391" as "333" or a timestamp as another one; what it shows
-    that a tool returned is byte-identical to it. One paragraph: no line breaks, after which small
-    models go on to invent ("391\n\nHere's a list of 391 ways...")."""
+    that a tool returned is byte-identical to it. One paragraph of prose: no line breaks, after
+    which small models go on to invent ("391\n\nHere's a list of 391 ways..."), and no code fences,
+    which they open after a timestamp."""
     if not values:
         return Grammar("start: text\ntext: /[^<\\s][\\s\\S]*/\n")
     literals = " | ".join(json.dumps(v, ensure_ascii=False) for v in values)
-    return Grammar("start: text\ntext: (WORDS | value)+\nWORDS: /[^<0-9\\n]+/\n"
+    return Grammar("start: text\ntext: (WORDS | value)+\nWORDS: /[^<0-9\\n`]+/\n"
                    f"value: {literals}\n")
 
 

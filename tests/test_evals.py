@@ -64,3 +64,13 @@ def test_missing_data_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "no bfcl data (BFCL_v4_simple_python.json) in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_assistant_tools_suite_has_40_requests_with_exact_values():
+    from slmflow.evals.assistant_tools import AssistantToolsSuite
+
+    items = AssistantToolsSuite().items(None)
+    assert len(items) >= 40
+    assert {i.category for i in items} == {"calculator", "clock", "files", "follow_up"}
+    assert next(i for i in items if i.data["request"] == "What is 17 * 23?").data["value"] == "391"
+    assert all(i.data["value"] is not None for i in items if i.category != "clock")

@@ -68,7 +68,9 @@ def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool =
 
     def wrap(f: Callable) -> Tool:
         fields = {}
-        for pname, param in inspect.signature(f).parameters.items():
+        # eval_str: annotations written as strings (``from __future__ import annotations``) are
+        # resolved in the function's own module, so Annotated constraints reach the schema.
+        for pname, param in inspect.signature(f, eval_str=True).parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"tool {f.__name__}: *args/**kwargs cannot be described to a model")
             annotation = param.annotation if param.annotation is not inspect.Parameter.empty else Any
