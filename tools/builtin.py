@@ -94,7 +94,10 @@ def _evaluate(node):
 
 # Requests that certainly need a tool (ToolSpec.triggers): two numbers joined by an operator, or a
 # percentage of a number; the current time or date.
-ARITHMETIC = (r"\d\s*(?:[-+*/^×x]|\*\*|plus|minus|times|divided by|multiplied by)\s*\(?\s*-?\d|"
+# "-", "/" and "x" count as operators only with spaces around them, so dates ("2026-12-03",
+# "12/25/2026"), phone numbers and sizes ("1920x1080") are not sums.
+ARITHMETIC = (r"\d\s*(?:[+*^×]|\*\*)\s*\(?\s*-?\d|"
+              r"\d\s+(?:-|/|x|plus|minus|times|divided by|multiplied by)\s+\(?\s*-?\d|"
               r"\d\s*(?:%|percent)\s*of\s*\d|\bsquare root of\s*\d")
 TIME_NOW = (r"\bwhat(?:'s| is)? the (?:current )?(?:time|date|day)\b|\bwhat time is it\b|\btoday'?s date\b|"
             r"\bcurrent (?:time|date)\b|\b(?:time|date) (?:is it )?now\b|\bwhat day is (?:it|today)\b")
