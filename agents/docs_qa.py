@@ -40,6 +40,7 @@ from slmflow.agents.polar import YES_THRESHOLD, PolarFeatures, polar_features
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import Quote, QuoteSpan, Regex
 from slmflow.runtime.messages import Message
+from slmflow.tools.rag.chunking import place_label
 from slmflow.tools.rag.evidence import Evidence
 from slmflow.tools.rag.index import DocumentIndex
 from slmflow.tools.rag.retrieval import Hit, Retriever
@@ -77,8 +78,8 @@ class Source(BaseModel):
     start: int = 0  # the chunk's character offset in its document's text
 
     def label(self) -> str:
-        where = f", page {self.page}" if self.page is not None else (f", § {self.heading}" if self.heading else "")
-        return f"[{self.number}] {self.path}{where}"
+        where = place_label(self.page, self.heading)
+        return f"[{self.number}] {self.path}" + (f", {where}" if where else "")
 
 
 class QuoteLocation(BaseModel):
@@ -93,8 +94,8 @@ class QuoteLocation(BaseModel):
     end: int
 
     def label(self) -> str:
-        where = f", page {self.page}" if self.page is not None else (f", § {self.heading}" if self.heading else "")
-        return f"{self.path}{where}, characters {self.start}-{self.end}"
+        where = place_label(self.page, self.heading)
+        return f"{self.path}" + (f", {where}" if where else "") + f", characters {self.start}-{self.end}"
 
 
 class DocsAnswer(BaseModel):
@@ -250,12 +251,12 @@ class DocsQA:
         ``TYPED_DEPTH`` sentences that has one outside the question's words; otherwise (or if none
         has) the pieces of the best sentence with any piece left."""
         wanted = self.retriever.terms.question_terms(question)
-        candidates = [(e, answer_pieces(e.text, wanted, self._stem, kind)) for e in evidence]
-        for e, _ in candidates[:TYPED_DEPTH]:
+        for e in evidence[:TYPED_DEPTH]:
             typed = typed_spans(e.text, kind, wanted, self._stem)
             if typed:
                 return e, typed
-        for e, pieces in candidates:
+        for e in evidence:
+            pieces = answer_pieces(e.text, wanted, self._stem, kind)
             if pieces:
                 return e, pieces
         return evidence[0], [(0, len(evidence[0].text))]

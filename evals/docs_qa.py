@@ -82,8 +82,8 @@ def said_yes_no(text: str) -> str:
 
 class WikiQASuite:
     """Modes: ``retrieval`` (recall@k of the gold article); ``answer`` (the grounded docs-qa
-    answer); ``answer-model`` (the same, the model picking the wh-answer's piece); ``answer-free`` (wave 1's free cited sentence, to compare in the same run);
-    ``abstain`` (the same questions with every gold article left out of retrieval: the right
+    answer); ``answer-model`` (the same, the model picking the wh-answer's piece);
+    ``answer-free`` (wave 1's free cited sentence, to compare in the same run); ``abstain`` (the same questions with every gold article left out of retrieval: the right
     answer is the not-found one)."""
 
     name = "docs-qa-wikiqa"

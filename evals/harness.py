@@ -118,7 +118,8 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
                                               metrics={"errors": 1.0}, latency_s=0.0, tokens=0,
                                               output=f"error: {err}"))
                 bar.advance(task)
-    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summarise(results, getattr(suite, "derived", None)), items=results)
+    summary = summarise(results, getattr(suite, "derived", None))
+    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summary, items=results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(run.model_dump_json(indent=2), encoding="utf-8")
     (out_dir / "report.html").write_text(render_html(run), encoding="utf-8")

@@ -126,7 +126,7 @@ def answer_grammar(values: Sequence[str]) -> Grammar:
     which small models go on to invent ("391\n\nHere's a list of 391 ways..."), and no code fences,
     which they open after a timestamp."""
     if not values:
-        return Grammar("start: text\ntext: /[^<\\s][\\s\\S]*/\n")
+        raise ConstraintError("answer_grammar needs at least one tool value", "use the plain words rule without any")
     literals = " | ".join(json.dumps(v, ensure_ascii=False) for v in values)
     return Grammar("start: text\ntext: (WORDS | value)+\nWORDS: /[^<0-9\\n`]+/\n"
                    f"value: {literals}\n")
@@ -218,8 +218,9 @@ def generate_with_tools(
         turn = model.tool_turn(messages, callable_tools, tool_choice, parallel, max_tokens, sampling)
         return turn.model_copy(update={"selection": selection})
     grammar = tool_call_grammar(callable_tools, tool_choice, parallel)
-    if tool_choice == "none" and messages[-1].role == "tool":
-        grammar = answer_grammar(tool_result_values(messages))
+    values = tool_result_values(messages) if tool_choice == "none" and messages[-1].role == "tool" else []
+    if values:  # without any, the plain words rule above stands
+        grammar = answer_grammar(values)
     ids = tool_prompt(model, messages, tools)
     if len(ids) + 1 > model.context_length:
         raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "

@@ -71,7 +71,6 @@ class ChatReply:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-
 def wire_schema(constraint: Constraint) -> tuple[dict | None, bool]:
     """The JSON Schema an engine is given for ``constraint``, and whether the reply is wrapped in
     ``{"value": ...}`` (Choice and Regex are strings, which not every engine accepts at top level).

@@ -37,8 +37,13 @@ class Chunk(BaseModel):
         return f"{head}\n{self.text}"
 
     def citation(self) -> str:
-        where = f"page {self.page}" if self.page is not None else (f"§ {self.heading}" if self.heading else "")
+        where = place_label(self.page, self.heading)
         return f"{self.path}, {where}" if where else self.path
+
+
+def place_label(page: int | None, heading: str) -> str:
+    """Where in a document a citation points: "page N" (a PDF), "§ heading", or nothing."""
+    return f"page {page}" if page is not None else (f"§ {heading}" if heading else "")
 
 
 def _units(doc: Document) -> list[tuple[int, int, int]]:
@@ -56,7 +61,8 @@ _PARAGRAPH = re.compile(r"[^\n]+(?:(?:\n(?=[a-z])|(?<=[^\n]{60})(?<![.!?:;])\n)[
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence of ``text``, surrounding whitespace left out. A line break is
-    a boundary too, unless the next line goes on in lower case (hard-wrapped text)."""
+    a boundary too, unless it wraps prose (``_PARAGRAPH``: the next line goes on in lower case, or
+    a long line ends without closing punctuation)."""
     spans = []
     for para in _PARAGRAPH.finditer(text):
         cuts = [0, *(m.end() for m in SENTENCE_END.finditer(para.group())), len(para.group())]
