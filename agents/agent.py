@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage
-from slmflow.runtime.messages import Message, as_messages
+from slmflow.runtime.messages import Message, as_messages, drop_oldest_turns
 from slmflow.runtime.tool_calling import (
     CALL_OPEN,
     ToolCall,
@@ -98,21 +98,14 @@ class Agent:
     def _fit(self, messages: list[Message], step: int) -> Iterator[AgentEvent]:
         """Drop the oldest turns until the prompt fits the context window (see the module docstring)."""
         budget = self.model.context_length - self.limits.max_tokens
-        dropped = 0
-        while self.model.count_tokens(messages, self.registry.specs) > budget:
-            last_user = max(i for i, m in enumerate(messages) if m.role == "user")
-            oldest = next((i for i, m in enumerate(messages) if m.role != "system" and i != last_user), None)
-            if oldest is None:
-                raise PromptError(
-                    f"the system prompt, tools and latest message need more than the {budget} tokens "
-                    f"{self.model.spec} leaves after {self.limits.max_tokens} for the reply",
-                    "shorten them, lower max_tokens or use a model with a longer context",
-                )
-            del messages[oldest]
-            dropped += 1
-            while oldest < len(messages) and messages[oldest].role == "tool":  # results of a dropped call
-                del messages[oldest]
-                dropped += 1
+        dropped, fits = drop_oldest_turns(
+            messages, lambda kept: self.model.count_tokens(kept, self.registry.specs) <= budget)
+        if not fits:
+            raise PromptError(
+                f"the system prompt, tools and latest message need more than the {budget} tokens "
+                f"{self.model.spec} leaves after {self.limits.max_tokens} for the reply",
+                "shorten them, lower max_tokens or use a model with a longer context",
+            )
         if dropped:
             yield AgentEvent(kind="compacted", step=step, text=f"dropped the {dropped} oldest messages to fit")
 

@@ -31,11 +31,18 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
-from slmflow.agents.answer_spans import QuestionKind, answer_pieces, question_kind, typed_spans
+from slmflow.agents.answer_spans import (
+    QuestionKind,
+    answer_pieces,
+    question_kind,
+    typed_spans,
+)
+from slmflow.agents.follow_ups import with_antecedent
 from slmflow.agents.polar import YES_THRESHOLD, PolarFeatures, polar_features
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import Quote, QuoteSpan, Regex
@@ -186,9 +193,13 @@ class DocsQA:
                 return messages, len(used)
             used = used[:-1]
 
-    def ask(self, question: str, where: dict | None = None, method: AnswerMethod = "grounded") -> DocsAnswer:
-        """Retrieve, then answer (the two steps the docs-qa graph runs as nodes)."""
+    def ask(self, question: str, where: dict | None = None, method: AnswerMethod = "grounded",
+            history: Sequence[Message | dict] = ()) -> DocsAnswer:
+        """Retrieve, then answer (the two steps the docs-qa graph runs as nodes). ``history``: the
+        conversation's earlier turns; a follow-up that points back ("When was it built?") is
+        searched and answered with the previous question's words added (:func:`with_antecedent`)."""
         start = time.perf_counter()
+        question = with_antecedent(question, history)
         hits = self.retriever.search(question, k=self.k, where=where)
         return self.answer(question, hits, retrieval_ms=(time.perf_counter() - start) * 1000, method=method)
 
@@ -199,7 +210,7 @@ class DocsQA:
         if method == "free":
             return self._free_answer(question, hits, retrieval_ms)
         start = time.perf_counter()
-        kind = question_kind(question)
+        kind = question_kind(re.split(r"(?<=\?)\s+", question.strip())[-1])  # a follow-up's own kind
         sources = self._sources(hits)
         evidence = self.retriever.evidence(question, hits)
         if not evidence or not supported(evidence[0]):

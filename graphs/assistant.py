@@ -10,10 +10,12 @@
   score) means tools, documents close to it (nearest chunk's similarity) mean docs; otherwise one constrained
   ``Choice`` by the mini model among chat / tools / docs / reasoning (docs only with a folder), so
   a one-subtask request costs at most one short constrained decision.
-* mini: an Agent with the read-only built-in tools; moe: step-by-step reasoning, then the final
+* mini: an Agent with the read-only built-in tools; moe: the same Agent on the moe model when
+  the tool selector finds a tool for the question, else step-by-step reasoning, then the final
   answer under a JSON Schema; docs: the docs-qa agent over the configured folder.
 
-Text read from images is given to whichever node answers. Every node appends trace events (node,
+Text read from images is given to whichever node answers. Every node sees the thread's earlier
+turns (the checkpoint keeps them), within its model's context window. Every node appends trace events (node,
 model, tokens, tokens/s, milliseconds), which the CLI streams. The graph compiles with any
 LangGraph checkpointer; `agents run assistant --thread NAME` uses the SQLite one.
 """
@@ -32,9 +34,11 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Send, interrupt
 from pydantic import BaseModel, Field
 from slmflow.agents.agent import Agent, AgentLimits
+from slmflow.agents.follow_ups import with_antecedent
 from slmflow.runtime import Model, load_model
 from slmflow.runtime.constraints import Choice
 from slmflow.runtime.loop import Usage
+from slmflow.runtime.messages import as_messages, drop_oldest_turns
 from slmflow.runtime.tool_calling import ToolCall
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.runtime.vision import load_images
@@ -81,15 +85,17 @@ class RouteSignals(BaseModel):
     docs_similarity: float | None = None
 
     @classmethod
-    def measure(cls, request: str, selector: ToolSelector, tools: Sequence, docs=None) -> RouteSignals:
-        """``docs``: a Retriever over the documents folder, or None."""
+    def measure(cls, request: str, selector: ToolSelector, tools: Sequence, docs=None,
+                history: Sequence[dict] = ()) -> RouteSignals:
+        """``docs``: a Retriever over the documents folder, or None; ``history``: the thread's earlier
+        turns, so a follow-up ("When was it built?") is as close to the documents as its question."""
         selection = selector.select(request, tools)
         scores = selection.scores
         best = selection.triggered or max(scores, key=scores.get, default=None)
         # A tool's trigger pattern (an arithmetic expression, "what time is it") is a certain fit.
         score = 1.0 if selection.triggered else scores.get(best, 0.0) if best else 0.0
         return cls(best_tool=best, tool_score=score,
-                   docs_similarity=docs.relevance(request) if docs is not None else None)
+                   docs_similarity=docs.relevance(with_antecedent(request, history)) if docs is not None else None)
 
 
 def decide_route(model: Model, request: str, signals: RouteSignals | None = None) -> tuple[str, Usage | None, str]:
@@ -106,6 +112,9 @@ def decide_route(model: Model, request: str, signals: RouteSignals | None = None
     routes = [r for r in ROUTES if r != "docs" or signals is None or signals.docs_similarity is not None]
     response = model.generate(route_messages(request), constraint=Choice(routes), max_tokens=4)
     return response.text(), response.result().usage, "chosen by the model"
+
+
+MOE_FINAL_TOKENS = 100
 
 
 class FinalAnswer(BaseModel):
@@ -207,7 +216,7 @@ class AssistantGraph:
         model = load_model(role="mini")
         request = _request(state)
         signals = RouteSignals.measure(request, self._tool_selector(), self.tools,
-                                       self.docs_qa().retriever if self.docs_folder else None)
+                                       self.docs_qa().retriever if self.docs_folder else None, _history(state))
         route, usage, why = decide_route(model, request, signals)
         return {"route": route, "trace": [_event("route", model if usage else None, started, usage,
                                                  note=f"{route} ({why})")],
@@ -239,39 +248,53 @@ class AssistantGraph:
     def _budget(self, state: AssistantState) -> int:
         return max(1, self.limits.max_tokens - (state.get("tokens_used") or 0))
 
-    def mini(self, state: AssistantState) -> dict:
+    def _run_tools_agent(self, node: str, model: Model, state: AssistantState, question: str) -> dict:
+        """``question`` through an Agent on ``model`` with the graph's tools, with the thread's
+        history: the mini node's work, and the moe node's when a tool fits its question."""
         started = time.perf_counter()
-        model = load_model(role="mini")
         agent = Agent(model, tools=self.tools, allow_mutating_tools=self.allow_mutating, approve=_ask_user,
                       tool_selector=self._tool_selector(),
                       limits=AgentLimits(max_steps=4, max_tokens=min(256, self._budget(state))))
-        result = agent.run(_with_image_text(state, _request(state)), history=_history(state))
+        result = agent.run(question, history=_history(state))
         usage = Usage.combined([e.usage for e in result.trace if e.usage])
         calls = [c.name for e in result.trace for c in e.tool_calls]
         note = f"status {result.status}" + (f", tools: {', '.join(calls)}" if calls else "")
         return {"messages": [AIMessage(content=str(result.output or ""))],
-                "trace": [_event("mini", model, started, usage, note=note)], "tokens_used": usage.completion_tokens}
+                "trace": [_event(node, model, started, usage, note=note)], "tokens_used": usage.completion_tokens}
+
+    def mini(self, state: AssistantState) -> dict:
+        return self._run_tools_agent("mini", load_model(role="mini"), state, _with_image_text(state, _request(state)))
 
     def moe(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         model = load_model(role="moe")
         question = _with_image_text(state, _request(state))
-        # The thread's earlier turns come first, so "and double it" can be worked out from them.
-        asked = [*_history(state), {"role": "user", "content": question + "\nThink step by step."}]
-        steps = model.generate(asked, max_tokens=min(256, self._budget(state)))
+        if self._tool_selector().select(question, [t.spec for t in self.tools]).allowed:
+            # A read-only tool fits (the calculator for "what do 14 pens at 3 EUR cost, 14 * 3"):
+            # the reasoning role calls it and answers from its result, as the mini role would.
+            return self._run_tools_agent("moe", model, state, question)
+        # The thread's earlier turns come first, so "and double it" can be worked out from them;
+        # the oldest go first when they and both replies would not fit the context window.
+        asked = as_messages([*_history(state), {"role": "user", "content": question + "\nThink step by step."}])
+        budget = min(256, self._budget(state))
+        dropped, _ = drop_oldest_turns(
+            asked, lambda kept: model.count_tokens(kept) + budget + MOE_FINAL_TOKENS <= model.context_length)
+        steps = model.generate(asked, max_tokens=budget)
         reasoning = steps.text()
 
         final = model.generate([*asked, {"role": "assistant", "content": reasoning},
                                 {"role": "user", "content": "Now give only the final answer."}],
-                               output=FinalAnswer, max_tokens=100)
+                               output=FinalAnswer, max_tokens=MOE_FINAL_TOKENS)
         usage = steps.result().usage
+        note = "reasoned, then a constrained final answer" + (f"; dropped the {dropped} oldest messages to fit"
+                                                              if dropped else "")
         return {"messages": [AIMessage(content=final.answer)],
-                "trace": [_event("moe", model, started, usage, note="reasoned, then a constrained final answer")],
+                "trace": [_event("moe", model, started, usage, note=note)],
                 "tokens_used": usage.completion_tokens}
 
     def docs(self, state: AssistantState) -> dict:
         started = time.perf_counter()
-        answer = self.docs_qa().ask(_request(state))
+        answer = self.docs_qa().ask(_request(state), history=_history(state))
         return {"messages": [AIMessage(content=answer.render())],
                 "trace": [_event("docs", self._docs.model, started, tokens=answer.completion_tokens,
                                  note=f"{len(answer.sources)} sources")],

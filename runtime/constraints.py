@@ -233,8 +233,7 @@ class Quote:
     def grammar(self) -> str:
         import llguidance
 
-        rules = [f"Q{i}: %regex {json.dumps({'substring_chunks': _word_pieces(text)})}"
-                 for i, text in enumerate(self.sources)]
+        rules = [f"Q{i}: {substring_lexeme(text)}" for i, text in enumerate(self.sources)]
         alternatives = " | ".join(f"Q{i}" for i in range(len(self.sources)))
         return llguidance.LLMatcher.grammar_from_lark(f"start: {alternatives}\n" + "\n".join(rules))
 
@@ -282,6 +281,12 @@ class Quote:
         if self.locate(text) is None:
             raise StructuredOutputError("output is not a verbatim quote of its sources", text)
         return text
+
+
+def substring_lexeme(source: str) -> str:
+    """A Lark terminal body (llguidance's substring lexeme) matching any piece of ``source`` cut on
+    word boundaries; what :class:`Quote` is made of, for grammars that quote inside a larger rule."""
+    return f"%regex {json.dumps({'substring_chunks': _word_pieces(source)})}"
 
 
 def _word_pieces(source: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -17,3 +18,22 @@ class Message(BaseModel):
 def as_messages(items) -> list[Message]:
     """Accept Message objects or plain ``{"role": ..., "content": ...}`` dicts."""
     return [m if isinstance(m, Message) else Message.model_validate(m) for m in items]
+
+
+def drop_oldest_turns(messages: list[Message], fits: Callable[[list[Message]], bool]) -> tuple[int, bool]:
+    """Delete the oldest turns of ``messages`` in place until ``fits(messages)``: never a system
+    message or the latest user message, and a dropped turn's tool results go with it (a result
+    without its call means nothing). Returns how many messages went and whether it now fits.
+    This is how a thread's history is kept within a model's context window."""
+    dropped = 0
+    while not fits(messages):
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+        oldest = next((i for i, m in enumerate(messages) if m.role != "system" and i != last_user), None)
+        if oldest is None:
+            return dropped, False
+        del messages[oldest]
+        dropped += 1
+        while oldest < len(messages) and messages[oldest].role == "tool":
+            del messages[oldest]
+            dropped += 1
+    return dropped, True

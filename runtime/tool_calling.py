@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -28,6 +28,7 @@ from slmflow.runtime.constraints import (
     Grammar,
     _bounded,
     _closed_objects,
+    substring_lexeme,
 )
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import GenerationResult
@@ -48,6 +49,9 @@ class ToolSpec(BaseModel):
     #: A regular expression (case-insensitive): a request it matches is given this tool, whatever
     #: the embedding selector scores (arithmetic → calculator). Not sent to the model or an engine.
     triggers: str | None = Field(None, exclude=True)
+    #: The values each argument may take in this conversation (see :func:`narrowed`): a function
+    #: of the messages returning {argument: [values]}; an empty list leaves the argument free.
+    choices: Callable[[Sequence[Message]], dict[str, list]] | None = Field(None, exclude=True)
 
     def openai_format(self) -> dict:
         return {"type": "function", "function": self.model_dump()}
@@ -83,6 +87,22 @@ def _call_schema(tool: ToolSpec) -> dict:
     }
 
 
+def narrowed(tool: ToolSpec, messages: Sequence[Message]) -> ToolSpec:
+    """``tool`` with each argument its ``choices`` name held to those values (a JSON Schema enum),
+    so a call copies them instead of writing its own: the expression the request wrote for the
+    calculator, a path that exists for the file tools. The model still picks among several."""
+    if tool.choices is None:
+        return tool
+    chosen = {name: values for name, values in tool.choices(messages).items() if values}
+    properties = tool.parameters.get("properties", {})
+    if not any(name in properties for name in chosen):
+        return tool
+    parameters = {**tool.parameters, "properties": {
+        name: {"enum": list(dict.fromkeys(chosen[name]))} if name in chosen else schema
+        for name, schema in properties.items()}}
+    return tool.model_copy(update={"parameters": parameters})
+
+
 def tool_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice = "auto", parallel: bool = False) -> Grammar:
     """The Lark grammar (with llguidance's ``%json`` schemas) that enforces ``choice``."""
     names = [t.name for t in tools]
@@ -104,32 +124,140 @@ def tool_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice = "auto", pa
 # A value in a tool result: a run with at least one digit (numbers, dates, times, ids), with the
 # punctuation that belongs inside it ("1,234.5", "2026-12-03T06:46:29+00:00", "12:30").
 _VALUE = re.compile(r"[-+$€£]?[\w:/.,+-]*\d[\w:/.,+-]*")
+_MAX_NAME = 80  # longest string of a JSON result taken whole as a value (names, paths, short spans)
+_MAX_VALUES = 300
+
+
+_MARKUP = re.compile(r"<[^<>\n]{1,200}>")  # an HTML/XML tag: "<h1>" holds no value
+
+
+def _values_in(content: str) -> list[str]:
+    """The digit runs of a result (outside markup tags), and its short strings: the whole of a
+    short one-line text, the short strings of JSON (file names, places)."""
+    values = [m.group().rstrip(".,:") for m in _VALUE.finditer(_MARKUP.sub(" ", content))]
+    try:
+        data = json.loads(content)
+    except ValueError:  # plain text: a short one-line result ("Sunny in Oslo") is a value whole
+        short = 0 < len(content) <= _MAX_NAME and content.strip() == content and "\n" not in content
+        return [content, *values] if short else values
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and 0 < len(item) <= _MAX_NAME and item.strip() == item and "\n" not in item:
+            values.append(item)
+    return values
+
+
+def listed_items(content: str) -> list[str]:
+    """The items of a tool result that is a JSON list of strings (file names, search hits), or
+    none when it is not one."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return []
+    return data if isinstance(data, list) and all(isinstance(item, str) for item in data) else []
+
+
+def listing_grammar(items: Sequence[str]) -> Grammar:
+    """An answer that shows a list result whole: a lead in words ending at a colon (so the lexer
+    knows where the list starts), then every item verbatim, in order ("a, b and c"), at most
+    MAX_LISTED_ITEMS of them and a count of the rest. Left to pick items, a small model repeats
+    some, leaves others out and misspells them between ("eiffel.txt")."""
+    shown = list(items[:MAX_LISTED_ITEMS])
+    listed = ", ".join(shown[:-1]) + (" and " if len(shown) > 1 else "") + shown[-1]
+    if len(items) > len(shown):
+        listed = ", ".join(shown) + f" and {len(items) - len(shown)} more"
+    return Grammar(f'start: text\ntext: (LEAD ": ")? {json.dumps(listed, ensure_ascii=False)} "."\n'
+                   f"LEAD: /[^<0-9\\n`:]{{1,{LEAD_CHARS}}}/\n")
 
 
 def tool_result_values(messages: Sequence[Message]) -> list[str]:
     """The values in the tool results since the last user message, longest first, each once: what
-    an answer after those results may show as digits (see :func:`answer_grammar`)."""
+    an answer after those results copies (see :func:`answer_grammar`)."""
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     found: dict[str, None] = {}
     for m in messages[last_user + 1:]:
-        if m.role == "tool":
-            for match in _VALUE.finditer(m.content):
-                found[match.group().rstrip(".,:")] = None
-    return sorted((v for v in found if any(c.isdigit() for c in v)), key=len, reverse=True)
+        if m.role == "tool" and not m.content.startswith("ERROR: "):
+            found.update(dict.fromkeys(v for v in _values_in(m.content) if v))
+    return sorted(found, key=len, reverse=True)[:_MAX_VALUES]
+
+
+# How far the answer may run before its first value, and between values: a value comes soon
+# ("Here's a list of tools with their descriptions and examples: ..." is 73 characters of
+# nothing), and the words between values cannot loop on.
+LEAD_CHARS, BETWEEN_CHARS = 80, 48
+WORDS = r"""[\p{L}\p{M} ,;:'"’()%&\/+=-]"""
+MAX_LISTED_ITEMS = 20
+PROSE_CHARS = 200  # a tool result this long, not JSON, is prose to quote (a file's text)
 
 
 def answer_grammar(values: Sequence[str]) -> Grammar:
-    """An answer in words after tool results, in which every digit is copied from a tool result:
-    free text has no digits, and each value of ``values`` may stand anywhere in it verbatim. A
-    small model cannot then rewrite "391" as "333" or a timestamp as another one; what it shows
-    that a tool returned is byte-identical to it. One paragraph of prose: no line breaks, after
-    which small models go on to invent ("391\n\nHere's a list of 391 ways..."), and no code fences,
-    which they open after a timestamp."""
+    """One sentence in words after tool results that shows at least one of ``values`` verbatim,
+    and in which every digit is copied from a tool result: free text has no digits, and the
+    values stand in it as literals. A small model cannot then rewrite "391" as "333" or a
+    timestamp as another one, nor leave the result out ("You can use the following code ..."):
+    what it shows that a tool returned is byte-identical to it, and it shows something. The
+    sentence ends with its last value (after one, small models go on to invent: "24.0 is a
+    decimal number in JavaScript"), so with one value that is all it says after the lead; the
+    words before and between values are short (LEAD_CHARS, BETWEEN_CHARS); no
+    line breaks and no code fences, which they open after a timestamp."""
     if not values:
         raise ConstraintError("answer_grammar needs at least one tool value", "use the plain words rule without any")
     literals = " | ".join(json.dumps(v, ensure_ascii=False) for v in values)
-    return Grammar("start: text\ntext: (WORDS | value)+\nWORDS: /[^<0-9\\n`]+/\n"
+    # Around values only words (letters, spaces, light punctuation; the lead may hold full stops):
+    # no stop between values for a sentence to run on past ("number.To calculate it ..."), no
+    # symbols to loop on ("↏↏↏").
+    if not all(any(c.isdigit() for c in v) for v in values):
+        # A value in letters ("Sunny in Oslo") reads as words too, so a lead in words could start
+        # with it and run on ("Sunny in Oslo is a fun fact trivia game ..."): the values alone.
+        return Grammar(f'start: text\ntext: value ((", " | " and ") value)* END?\n'
+                       f"END: /[.!?]/\nvalue: {literals}\n")
+    between = f"MID: /{WORDS}{{1,{BETWEEN_CHARS}}}/\n" if len(values) > 1 else ""
+    more = " (MID value)*" if len(values) > 1 else ""  # one value: nothing to say after it
+    return Grammar(f"start: text\ntext: LEAD? value{more} END?\n"
+                   f"LEAD: /({WORDS}|[.!?]){{1,{LEAD_CHARS}}}/\n{between}END: /[.!?]/\n"
                    f"value: {literals}\n")
+
+
+def passages(content: str) -> list[str]:
+    """The paragraphs of a prose tool result (a file's text; markup tags are cut out, so only
+    the words between them are quoted), or none when it is not prose (JSON, one short line)."""
+    try:
+        json.loads(content)
+        return []
+    except ValueError:
+        pass
+    if len(content) < PROSE_CHARS or content.startswith("ERROR: "):
+        return []
+    pieces = (" ".join(p.split()) for p in re.split(r"\n\s*\n|<[^<>\n]{1,200}>", content))
+    return [p for p in pieces if len(p.split()) >= 3]
+
+
+def quoting_grammar(paragraphs: Sequence[str]) -> Grammar:
+    """An answer that is a verbatim piece of one of ``paragraphs`` (llguidance substring lexemes,
+    as :class:`~slmflow.runtime.constraints.Quote`): what a read file says, shown as it says it."""
+    rules = "\n".join(f"P{i}: {substring_lexeme(p)}" for i, p in enumerate(paragraphs))
+    return Grammar("start: text\ntext: " + " | ".join(f"P{i}" for i in range(len(paragraphs))) + f"\n{rules}\n")
+
+
+def answer_after_tools(messages: Sequence[Message]) -> Grammar | None:
+    """The grammar of an answer after tool results (None: the plain words rule): a quote of a
+    prose result, the items of a list result, or words around the values of any other."""
+    last = messages[-1] if messages else None
+    if last is None or last.role != "tool":
+        return None
+    paragraphs = passages(last.content)
+    if paragraphs:
+        return quoting_grammar(paragraphs)
+    items = listed_items(last.content)
+    if items:
+        return listing_grammar(items)
+    values = tool_result_values(messages)
+    return answer_grammar(values) if values else None
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:
@@ -213,14 +341,14 @@ def generate_with_tools(
         tool_choice = "required" if allowed else "none"
     elif selector is not None and tool_choice == "auto" and messages[-1].role == "tool":
         tool_choice = "none"
-    callable_tools = allowed if tool_choice == "required" else tools
+    callable_tools = [narrowed(t, messages) for t in (allowed if tool_choice == "required" else tools)]
     if hasattr(model, "tool_turn"):  # an endpoint model: the server enforces the choice
         turn = model.tool_turn(messages, callable_tools, tool_choice, parallel, max_tokens, sampling)
         return turn.model_copy(update={"selection": selection})
     grammar = tool_call_grammar(callable_tools, tool_choice, parallel)
-    values = tool_result_values(messages) if tool_choice == "none" and messages[-1].role == "tool" else []
-    if values:  # without any, the plain words rule above stands
-        grammar = answer_grammar(values)
+    after_tools = answer_after_tools(messages) if tool_choice == "none" else None
+    if after_tools is not None:  # else the plain words rule above stands
+        grammar = after_tools
     ids = tool_prompt(model, messages, tools)
     if len(ids) + 1 > model.context_length:
         raise PromptError(f"the conversation has {len(ids)} tokens, more than the context window of "

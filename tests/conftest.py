@@ -22,6 +22,24 @@ PROMPTS = [
 ]
 
 
+# Fixtures that load a model, start a server or build model files. A test that uses one is in the
+# slow tier; `python -m pytest -m "not slow"` is the fast tier a developer runs while working
+# (README's test command and CI run both). Tests that load models some other way carry the mark.
+SLOW_FIXTURES = {"onnx_model", "hf_model", "chroma_url", "tiny_phi3_hf", "tiny_phi3_dirs", "tiny_llava",
+                 "tiny_phimoe", "tiny_phimoe_onnx", "tiny_phi3v_onnx", "phimoe_spec", "llama_model",
+                 "llama_server", "ollama_model", "served_openai", "serve_url", "server", "client", "real_logits"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)  # a test parametrized over fixture names
+        if callspec is not None:
+            used |= {v for v in callspec.params.values() if isinstance(v, str)}
+        if SLOW_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def onnx_model():
     return load_model("embedded")

@@ -25,16 +25,19 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert needle in lines[0]
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_unknown_model_spec(tmp_path):
     proc = run_cli("generate", "hi", "--model", "nosuchthing", cwd=tmp_path)
     assert_one_line_error(proc, "unknown model spec 'nosuchthing'", "hf:PATH")
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_missing_model_folder(tmp_path):
     proc = run_cli("generate", "hi", "--model", f"hf:{tmp_path}/absent", cwd=tmp_path)
     assert_one_line_error(proc, "does not exist", "absent")
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_corrupt_onnx_folder(tmp_path):
     (tmp_path / "genai_config.json").write_text("{ not json")
     proc = run_cli("generate", "hi", "--model", f"onnx:{tmp_path}", cwd=tmp_path)
@@ -58,6 +61,7 @@ def test_hf_folder_with_truncated_weights(tmp_path, tiny_phi3_dirs):
         load_model(f"hf:{broken}")
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_empty_prompt(tmp_path):
     proc = run_cli("generate", "   ", cwd=tmp_path)
     assert_one_line_error(proc, "the prompt is empty")
@@ -69,17 +73,20 @@ def test_prompt_longer_than_the_context_window(tiny_phi3_dirs):
         model.generate("word " * 400)
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_unknown_role(tmp_path):
     proc = run_cli("generate", "hi", "--role", "painter", cwd=tmp_path)
     assert_one_line_error(proc, "unknown role 'painter'", "mini, vision, moe")
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_bad_config_field(tmp_path):
     (tmp_path / "slmflow.toml").write_text('[roles]\nmini = "embedded"\nartist = "x"\n')
     proc = run_cli("generate", "hi", "--role", "mini", cwd=tmp_path)
     assert_one_line_error(proc, "slmflow.toml", "roles.artist")
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_unreachable_endpoint_is_named_with_the_fix(tmp_path):
     proc = run_cli("generate", "hi", "--model", f"openai:phi-3.5@http://127.0.0.1:{free_port()}/v1", cwd=tmp_path)
     assert_one_line_error(proc, "cannot reach http://127.0.0.1:", "start the server or check the URL")

@@ -54,6 +54,7 @@ print((final / "who").read_text())
 """
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_a_second_builder_waits_for_the_first_and_keeps_its_build(tmp_path):
     """Two processes building one folder at once: the second must neither delete the first's
     temp folder (as it would an interrupted run's) nor build again."""
@@ -73,6 +74,7 @@ def test_a_second_builder_waits_for_the_first_and_keeps_its_build(tmp_path):
     assert embedded.is_complete(final) and not list(tmp_path.glob(".model.tmp-*"))
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_killed_conversion_leaves_no_loadable_model_and_next_run_cleans_up(tmp_path):
     env = {**os.environ, "SLMFLOW_CACHE_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", "from slmflow.runtime import embedded; embedded.ensure_hf()"],
@@ -93,6 +95,7 @@ def test_killed_conversion_leaves_no_loadable_model_and_next_run_cleans_up(tmp_p
     assert check.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_models_command_lists_the_embedded_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "models", "--json"], capture_output=True,
                           text=True, cwd=tmp_path, check=True)

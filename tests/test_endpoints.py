@@ -152,6 +152,7 @@ def test_openai_backend_retries_a_full_queue_with_backoff(serve_url, served_open
     assert "Retrying request" in caplog.text
 
 
+@pytest.mark.slow  # waits out connection attempts
 def test_unreachable_endpoints_say_what_to_do():
     with pytest.raises(EndpointError, match=r"cannot reach http://127.0.0.1:\d+/v1.*start the server"):
         load_model(f"openai:x@http://127.0.0.1:{free_port()}/v1")

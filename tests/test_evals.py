@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from slmflow.evals.bfcl import (
     BfclFunction,
     call_matches,
@@ -41,6 +42,7 @@ def test_plain_output_parsing():
     assert parse_plain_calls("I cannot help with that.") is None
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--limit", "1", "--out", str(out),
@@ -60,6 +62,7 @@ def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     assert cmp.returncode == 0 and "+0.0000" in cmp.stdout
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_missing_data_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "bfcl", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -71,6 +74,15 @@ def test_assistant_tools_suite_has_40_requests_with_exact_values():
 
     items = AssistantToolsSuite().items(None)
     assert len(items) >= 40
-    assert {i.category for i in items} == {"calculator", "clock", "files", "follow_up"}
+    assert {i.category for i in items} == {"calculator", "clock", "files", "follow_up", "reworded", "held_apart"}
     assert next(i for i in items if i.data["request"] == "What is 17 * 23?").data["value"] == "391"
-    assert all(i.data["value"] is not None for i in items if i.category != "clock")
+    assert all(i.data["value"] is not None for i in items if i.data["tool"] != "current_time")
+
+
+def test_a_read_files_answer_counts_only_as_a_verbatim_passage_of_it():
+    from slmflow.evals.assistant_tools import is_passage
+
+    page = "<h1>Bees</h1>\n<p>Honey bees live in colonies of up to\n60,000 bees.</p>"
+    assert is_passage("Honey bees live in colonies of up to 60,000 bees.", page)
+    assert not is_passage("Honey bees live in colonies of up to 80,000 bees.", page)  # one digit changed
+    assert not is_passage("Honey bees", page)  # too short to say what the file says

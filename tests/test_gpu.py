@@ -245,7 +245,7 @@ def test_rope_kv_attention_matches_transformers_rotary_cache_write_and_sdpa(head
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_attention_step_matches_the_modules_on_a_static_cache(family, dtype):
     from slmflow.runtime.backends.decode_attention import use_decode_attention
-    from slmflow.runtime.backends.transformers_backend import cache_keyword
+    from slmflow.runtime.backends.hf_cache import cache_keyword
     from transformers import StaticCache
 
     model = _tiny_random(family, dtype)

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_llava, build_tiny_phi3v_onnx, build_tiny_phimoe
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel
 from slmflow.agents.chat_model import SlmflowChatModel, langchain_tool
-from slmflow.graphs.assistant import AssistantGraph, AssistantState
+from slmflow.graphs.assistant import AssistantGraph, AssistantState, GraphLimits
 from slmflow.runtime import load_model
 from slmflow.runtime.errors import ModelLoadError, PromptError, SlmflowError
 from slmflow.tools import calculator, tool
@@ -257,6 +257,55 @@ def test_question_about_the_documents_is_routed_by_their_similarity_without_a_mo
     assert "eiffel-tower.md" in out["messages"][-1].content
 
 
+def test_a_thread_answers_a_follow_up_from_its_earlier_turn(onnx_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    graph = AssistantGraph().build(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "follow-up"}}
+    first = graph.invoke({"messages": [("user", "What is 6 * 7?")]}, config)
+    assert "42" in first["messages"][-1].content
+    second = graph.invoke({"messages": [("user", "And double it?")]}, config)
+    assert second["trace"][-1]["note"] == "status done, tools: calculator"
+    assert "84" in second["messages"][-1].content and len(second["messages"]) == 4
+
+
+def test_a_docs_follow_up_is_searched_with_the_question_it_follows(onnx_model, tmp_path, monkeypatch):
+    from slmflow.agents.follow_ups import with_antecedent
+
+    history = [{"role": "user", "content": "How tall is the Eiffel Tower?"}, {"role": "assistant", "content": "330 m"}]
+    assert with_antecedent("When was it built?", history) == "When was the Eiffel Tower built?"
+    assert with_antecedent("What is its height?", history) == "What is the Eiffel Tower's height?"
+    assert with_antecedent("What do honeybees eat?", history) == "What do honeybees eat?"
+    assert with_antecedent("Where do they live?", [{"role": "user", "content": "How many bees live in a hive?"}]) \
+        == "How many bees live in a hive? Where do they live?"  # no name to carry: the whole question
+    monkeypatch.chdir(tmp_path)
+    docs = Path(shutil.copytree(Path(__file__).parent.parent / "examples" / "docs", tmp_path / "docs"))
+    graph = AssistantGraph(docs_folder=docs).build(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "docs"}}
+    graph.invoke({"messages": [("user", "How tall is the Eiffel Tower?")]}, config)
+    second = graph.invoke({"messages": [("user", "Who is it named after?")]}, config)
+    assert [e["node"] for e in second["trace"]][-1] == "docs"
+    # Asked alone, "Who is it named after?" is answered from coffee.txt ("According"); with the
+    # tower carried over, from the tower's own sentence.
+    assert second["messages"][-1].content.startswith("Gustave Eiffel"), second["messages"][-1].content
+    assert "eiffel-tower.md" in second["messages"][-1].content
+
+
+def test_moe_calls_a_read_only_tool_that_fits_its_question(onnx_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    update = AssistantGraph().moe({"messages": [HumanMessage("Pens cost 3 EUR each. What do 14 pens cost? "
+                                                             "Work out 14 * 3.")]})
+    assert update["trace"][0]["node"] == "moe" and update["trace"][0]["note"] == "status done, tools: calculator"
+    assert "42" in update["messages"][0].content
+
+
+def test_moe_drops_the_oldest_turns_of_a_long_thread_to_fit(tiny_phi3_dirs, tmp_path, monkeypatch):
+    (tmp_path / "slmflow.toml").write_text(f'[roles]\nmoe = "hf:{tiny_phi3_dirs[0]}"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    turns = [HumanMessage("Tell me a long story about apples, please. " * 4), AIMessage("Once upon a time. " * 8)] * 4
+    update = AssistantGraph(limits=GraphLimits(max_tokens=64)).moe({"messages": [*turns, HumanMessage("How many apples?")]})
+    assert "oldest messages to fit" in update["trace"][0]["note"]
+
+
 def test_route_signals_decide_before_the_model_and_narrow_its_choice(onnx_model):
     from slmflow.graphs.assistant import RouteSignals, decide_route
     from slmflow.runtime.tool_selection import ToolSelector
@@ -342,6 +391,7 @@ SLOW_GRAPH = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_killed_conversation_continues_from_its_checkpoint(tmp_path):
     import os
 
@@ -362,6 +412,7 @@ def test_killed_conversation_continues_from_its_checkpoint(tmp_path):
     assert done.stdout.splitlines() == ["second done", "second done"]  # the resumed run, then the new one
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_malformed_graph_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.py"
     bad.write_text("graph = (\n", encoding="utf-8")

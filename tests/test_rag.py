@@ -137,6 +137,7 @@ def test_chunks_of_a_pdf_never_span_two_pages(tmp_path, embedder):
     assert all(f"page {c.page}." in c.text for c in chunks)
 
 
+@pytest.mark.slow  # loads the OCR models
 def test_scanned_pdf_page_goes_through_ocr(tmp_path):
     from slmflow.tools.rag.ocr import ocr_image
 
@@ -293,6 +294,7 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           timeout=600, **kwargs)
 
 
+@pytest.mark.slow  # runs the CLI or the indexer in a subprocess
 def test_empty_folder_gives_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     done = _cli("run", "docs-qa", str(tmp_path / "empty"), "--index", str(tmp_path / "index"), "-q", "anything")
@@ -300,6 +302,7 @@ def test_empty_folder_gives_a_clear_error(tmp_path):
     assert "no text could be indexed" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # runs the CLI or the indexer in a subprocess
 def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_path, store):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -403,6 +406,7 @@ def test_docs_qa_cites_the_exact_page_of_a_long_pdf(onnx_model, tmp_path):
     assert qa.ask("When was the Lisbon warehouse sold?").answer == "2019"
 
 
+@pytest.mark.slow  # runs the CLI or the indexer in a subprocess
 def test_docs_qa_cli_json(tmp_path):
     done = _cli("run", "docs-qa", str(EXAMPLES), "--index", str(tmp_path / "index"), "--json",
                 "-q", "Which country produces the most coffee?")

@@ -107,6 +107,7 @@ def test_a_client_leaving_mid_stream_frees_the_model_and_leaves_its_cache_sound(
     assert _ask(client, prompt).choices[0].message.content == expected
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_agents_serve_command_serves_models_under_given_names(tmp_path):
     import sys
 
@@ -215,3 +216,14 @@ def test_official_ollama_client_streams_and_honours_format(server):
                         options={"temperature": 0, "num_predict": 40})
     assert "fruit" in json.loads(reply.message.content)
     assert "embedded" in [m.model for m in client.list().models]
+
+
+def test_ollama_chat_without_num_predict_ends_a_repeated_sentence_within_200_tokens(server, onnx_model):
+    story = [{"role": "user", "content": "Write a long story about a cat."}]
+    # Unstopped, the model says "She was a wanderer in a world where ..." over and over to any cap.
+    assert len(onnx_model.generate(story, max_tokens=300, stop_on_loops=False).result().token_ids) == 300
+    reply = _post(server, "/api/chat", {"model": "embedded", "messages": story, "stream": False,
+                                        "options": {"temperature": 0}})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["eval_count"] < 200 and body["done_reason"] == "stop", body["eval_count"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jsonschema
 import pytest
 from slmflow.agents import Agent, AgentLimits
@@ -84,6 +86,20 @@ def test_agent_answer_ends_the_run(onnx_model):
     agent = Agent(onnx_model, tools=[calculator], tool_choice="none", limits=AgentLimits(max_tokens=40))
     result = agent.run("Say hello.")
     assert result.status == "done" and result.steps == 1 and isinstance(result.output, str) and result.output
+
+
+def test_agent_shows_the_calculators_value_and_answers_a_follow_up_from_history(onnx_model):
+    agent = Agent(onnx_model, tools=[calculator, current_time], limits=AgentLimits(max_steps=3, max_tokens=64))
+    first = agent.run("What is 17 * 23?")
+    assert [(c.name, c.arguments) for e in first.trace for c in e.tool_calls] == [
+        ("calculator", {"expression": "17 * 23"})]
+    # The value is shown byte for byte, and no other digit is (none was returned).
+    assert "391" in first.output and not re.search(r"\d", first.output.replace("391", "")), first.output
+    history = [{"role": "user", "content": "What is 17 * 23?"}, {"role": "assistant", "content": first.output}]
+    second = agent.run("And double it?", history=history)
+    assert [(c.name, c.arguments) for e in second.trace for c in e.tool_calls] == [
+        ("calculator", {"expression": "391 * 2"})]
+    assert "782" in second.output, second.output
 
 
 @tool

@@ -73,7 +73,24 @@ def test_answer_after_a_tool_result_shows_its_digits_verbatim(onnx_model):
     grammar = answer_grammar(["391"])
     assert onnx_model.constraints.accepts(grammar, "17 * 23 is 391.") is False  # digits not from the tool
     assert onnx_model.constraints.accepts(grammar, "The product is 391.")
+    assert onnx_model.constraints.accepts(grammar, "You can use the following code.") is False  # no value shown
+    assert onnx_model.constraints.accepts(grammar, "It is 391. Here is a list of ways") is False  # ends at it
+    assert onnx_model.constraints.accepts(grammar, "391 is a very large number.") is False  # nothing after it
+    two = answer_grammar(["7 C", "12 km/h"])
+    assert onnx_model.constraints.accepts(two, "Rain at 7 C, wind 12 km/h.")
+    assert onnx_model.constraints.accepts(two, "It is 7 C.That is 12 km/h") is False  # no sentence after a stop
     turn = generate_with_tools(onnx_model, messages, [CLOCK], selector=ToolSelector(), max_tokens=48)
     # Every digit shown is inside a verbatim copy of the tool's value.
     assert "2026-12-03T06:46:29+00:00" in turn.text, turn.text
     assert not re.search(r"\d", turn.text.replace("2026-12-03T06:46:29+00:00", "")), turn.text
+
+
+def test_tool_values_include_the_short_strings_of_a_json_result_but_not_an_error():
+    from slmflow.runtime.messages import as_messages
+    from slmflow.runtime.tool_calling import tool_result_values
+
+    listed = [{"role": "user", "content": "Which files are there?"},
+              {"role": "tool", "content": '["coffee.txt", "notes/2026.md"]'}]
+    assert tool_result_values(as_messages(listed)) == ["notes/2026.md", "coffee.txt"]
+    failed = [{"role": "user", "content": "What is 1 / 0?"}, {"role": "tool", "content": "ERROR: division by 0"}]
+    assert tool_result_values(as_messages(failed)) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -130,3 +131,54 @@ def test_read_file_refusals(sandbox, path, message):
 def test_list_files_hides_links_out_of_the_root(sandbox):
     listed = call(sandbox, "list_files").content
     assert "link.txt" not in listed and "escape" not in listed and "big.txt" in listed
+
+
+def test_file_tools_offer_only_paths_that_exist_inside_the_root(sandbox):
+    from slmflow.runtime.tool_calling import narrowed
+
+    specs = {spec.name: narrowed(spec, []) for spec in sandbox.specs}
+    assert specs["read_file"].parameters["properties"]["path"] == {
+        "enum": ["big.txt", "docs/a.txt", "latin1.txt"]}  # not link.txt or escape/…, which leave it
+    assert specs["list_files"].parameters["properties"]["path"] == {"enum": [".", "docs"]}
+    assert "choices" not in specs["read_file"].model_dump()  # never sent to a model or an engine
+
+
+@pytest.mark.parametrize("request_text, expressions", [
+    ("What is 17 * 23?", ["17 * 23"]), ("What is (12 + 7) * 3?", ["(12 + 7) * 3"]),
+    ("Compute 144 / 12.", ["144 / 12"]), ("What is 12% of 250?", ["12% of 250"]),
+    ("How much is 15 plus 27?", ["15 + 27"]), ("What is 1,200 divided by 4?", ["1200 / 4"]),
+    ("What is 2 ** 10 and 3 * 3?", ["2 ** 10", "3 * 3"]),
+    ("What happened on 2026-12-03?", []), ("Call 555-1234.", []), ("Tell me about the 1990s.", []),
+])
+def test_expressions_are_read_from_the_request(request_text, expressions):
+    from slmflow.tools.arithmetic import expressions_in
+
+    assert expressions_in(request_text) == expressions
+
+
+@pytest.mark.parametrize("follow_up, expression", [
+    ("And double it?", "42 * 2"), ("Now add 5 to that.", "42 + 5"), ("And minus 1?", "42 - 1"),
+    ("Multiply that by 2.", "42 * 2"), ("And half of it?", "42 / 2"), ("Times 10?", "42 * 10"),
+    ("Subtract 5 from that.", "42 - 5"), ("And squared?", "42 ** 2"), ("10% of it?", "10% of 42"),
+    ("Double the recipe for pancakes.", None), ("Add milk to that.", None), ("Add 2 eggs to the list.", None),
+])
+def test_a_follow_up_works_on_the_previous_result(follow_up, expression):
+    from slmflow.runtime.messages import as_messages
+    from slmflow.tools.arithmetic import expression_choices
+
+    messages = as_messages([{"role": "user", "content": "What is 6 * 7?"},
+                            {"role": "assistant", "content": "6 * 7 is 42."},
+                            {"role": "user", "content": follow_up}])
+    assert expression_choices(messages) == {"expression": [expression] if expression else []}
+    triggered = re.search(calculator.triggers, follow_up, re.IGNORECASE) is not None
+    assert triggered is (expression is not None), follow_up
+
+
+def test_a_follow_up_without_an_earlier_number_leaves_the_expression_free():
+    from slmflow.runtime.messages import as_messages
+    from slmflow.runtime.tool_calling import narrowed
+    from slmflow.tools.arithmetic import expression_choices
+
+    messages = as_messages([{"role": "user", "content": "And double it?"}])
+    assert expression_choices(messages) == {"expression": []}
+    assert narrowed(calculator.spec, messages).parameters == calculator.spec.parameters

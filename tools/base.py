@@ -13,10 +13,11 @@ import asyncio
 import concurrent.futures
 import inspect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from slmflow.runtime.messages import Message
 from slmflow.runtime.tool_calling import ToolCall, ToolSpec
 
 
@@ -48,6 +49,8 @@ class Tool(BaseModel):
     timeout_s: float = 30.0
     #: See :attr:`ToolSpec.triggers`: requests this pattern matches go to this tool.
     triggers: str | None = None
+    #: See :attr:`ToolSpec.choices`: the values the arguments may take in a conversation.
+    choices: Callable[[Sequence[Message]], dict[str, list]] | None = None
 
     @property
     def spec(self) -> ToolSpec:
@@ -55,16 +58,19 @@ class Tool(BaseModel):
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
             prop.pop("title", None)
-        return ToolSpec(name=self.name, description=self.description, parameters=schema, triggers=self.triggers)
+        return ToolSpec(name=self.name, description=self.description, parameters=schema, triggers=self.triggers,
+                        choices=self.choices)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
 
 
 def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool = False,
-         needs_approval: bool = False, timeout_s: float = 30.0, triggers: str | None = None):
+         needs_approval: bool = False, timeout_s: float = 30.0, triggers: str | None = None,
+         choices: Callable[[Sequence[Message]], dict[str, list]] | None = None):
     """Decorate a typed function (sync or async) to make it a :class:`Tool`. ``triggers``: a
-    regular expression for requests that certainly need this tool (see :attr:`ToolSpec.triggers`)."""
+    regular expression for requests that certainly need this tool (see :attr:`ToolSpec.triggers`);
+    ``choices``: the values its arguments may take in a conversation (:attr:`ToolSpec.choices`)."""
 
     def wrap(f: Callable) -> Tool:
         fields = {}
@@ -80,7 +86,7 @@ def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool =
         doc = inspect.getdoc(f) or ""
         return Tool(name=name or f.__name__, description=doc.split("\n\n")[0].strip(), fn=f,
                     args_model=args_model, mutates=mutates, needs_approval=needs_approval, timeout_s=timeout_s,
-                    triggers=triggers)
+                    triggers=triggers, choices=choices)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
+from slmflow.tools.arithmetic import (
+    ARITHMETIC,
+    FOLLOW_UP,
+    expression_choices,
+    python_form,
+)
 from slmflow.tools.base import Tool, ToolError, tool
 
 MAX_READ_BYTES = 1_000_000
+# A request naming a text file ("Read notes.txt", "open eiffel-tower.md") goes to read_file
+# (ToolSpec.triggers); the extensions are the text formats read_file can read.
+NAMES_A_TEXT_FILE = (r"(?<![\w.-])[\w.-]*\w\.(?:txt|md|markdown|rst|html?|csv|tsv|json|jsonl|ya?ml|toml|xml|ini|cfg|"
+                     r"log|py)\b")
 MAX_LISTED = 500
 
 
@@ -36,11 +46,30 @@ class Folder:
         return full
 
 
+    def entries(self, limit: int = MAX_LISTED) -> tuple[list[str], list[str]]:
+        """The folders ("." first) and files under the root, relative and in POSIX form, each list
+        empty when the root holds more than ``limit`` entries (too many to offer as choices)."""
+        folders, files = ["."], []
+        for path in sorted(self.root.rglob("*")):
+            if len(folders) + len(files) > limit:
+                return [], []
+            if any(part.startswith(".") for part in path.relative_to(self.root).parts):
+                continue  # hidden files and folders (.git, .cache) are not offered
+            try:
+                self.resolve(path.relative_to(self.root).as_posix())
+            except ToolError:
+                continue  # a link out of the root
+            (folders if path.is_dir() else files).append(path.relative_to(self.root).as_posix())
+        return folders, files
+
+
 def file_tools(root: str | Path, max_bytes: int = MAX_READ_BYTES) -> list[Tool]:
-    """``list_files`` and ``read_file`` confined to ``root``."""
+    """``list_files`` and ``read_file`` confined to ``root``. A call's path is one that exists
+    when the call is made (``choices``), so a small model cannot write a path into the void
+    ("list_files.txt.csv.csv..."); folders of more than MAX_LISTED entries leave it free."""
     folder = Folder(root)
 
-    @tool
+    @tool(choices=lambda messages: {"path": folder.entries()[0]})
     def list_files(path: str = ".") -> list[str]:
         """List the files and folders under a folder (relative to the root), folders ending in '/'."""
         target = folder.resolve(path)
@@ -55,7 +84,15 @@ def file_tools(root: str | Path, max_bytes: int = MAX_READ_BYTES) -> list[Tool]:
             entries.append(f"{rel}/" if child.is_dir() else str(rel))
         return entries
 
-    @tool
+    def files_named(messages) -> dict[str, list[str]]:
+        """The files the request names, when it names any that exist; else every file."""
+        files = folder.entries()[1]
+        request = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        named = [f for f in files if re.search(rf"(?<![\w/.-]){re.escape(f)}(?![\w/-])", request)
+                 or re.search(rf"(?<![\w/.-]){re.escape(Path(f).name)}(?![\w/-])", request)]
+        return {"path": named or files}
+
+    @tool(triggers=NAMES_A_TEXT_FILE, choices=files_named)
     def read_file(path: str) -> str:
         """Read a UTF-8 text file (relative to the root)."""
         target = folder.resolve(path)
@@ -92,16 +129,10 @@ def _evaluate(node):
     raise ToolError(f"only numbers and + - * / // % ** ( ) are allowed, not {type(node).__name__.lower()}")
 
 
-# Requests that certainly need a tool (ToolSpec.triggers): two numbers joined by an operator, or a
-# percentage of a number; the current time or date.
-# "-", "/" and "x" count as operators only with spaces around them, so dates ("2026-12-03",
-# "12/25/2026"), phone numbers and sizes ("1920x1080") are not sums.
-ARITHMETIC = (r"\d\s*(?:[+*^×]|\*\*)\s*\(?\s*-?\d|"
-              r"\d\s+(?:-|/|x|plus|minus|times|divided by|multiplied by)\s+\(?\s*-?\d|"
-              r"\d\s*(?:%|percent)\s*of\s*\d|\bsquare root of\s*\d")
+# Requests that certainly need the clock (ToolSpec.triggers): the current time or date.
 TIME_NOW = (r"\bwhat(?:'s| is)? the (?:current )?(?:time|date|day)\b|\bwhat time is it\b|\btoday'?s date\b|"
-            r"\bcurrent (?:time|date)\b|\b(?:time|date) (?:is it )?now\b|\bwhat day is (?:it|today)\b")
-_PERCENT_OF = re.compile(r"(\d+(?:\.\d+)?)\s*(?:%|percent)\s*of\s*")
+            r"\bcurrent (?:time|date)\b|\b(?:time|date) (?:is it )?now\b|\bwhat day is (?:it|today)\b|"
+            r"\b(?:what|which) day of the week\b|\btell me the (?:time|date)\b")
 
 
 # Numbers, operators and "of" only, and short: left free, a small model's expression runs on
@@ -109,16 +140,14 @@ _PERCENT_OF = re.compile(r"(\d+(?:\.\d+)?)\s*(?:%|percent)\s*of\s*")
 Expression = Annotated[str, Field(max_length=40, pattern=r"^[-+*/%^()., 0-9×]+(of[-+*/%^()., 0-9×]+)?$")]
 
 
-@tool(triggers=ARITHMETIC)
+@tool(triggers=f"{ARITHMETIC}|{FOLLOW_UP}", choices=expression_choices)
 def calculator(expression: Expression) -> float | int:
     """Math calculator: compute the numeric result of one arithmetic expression such as (12 + 7) * 3
     (+ - * / // % ** ^ and parentheses; "12% of 250" is 12 / 100 * 250)."""
     if len(expression) > 200:
         raise ToolError("expression longer than 200 characters")
-    text = _PERCENT_OF.sub(r"(\1 / 100) * ", expression).replace("×", "*").replace("^", "**")
     try:
-        # Small models often close an argument with a stray comma; "1 * 2," is not meant as a tuple.
-        tree = ast.parse(text.strip().rstrip(",;").strip(), mode="eval")
+        tree = ast.parse(python_form(expression), mode="eval")
     except SyntaxError:
         raise ToolError(f"cannot parse '{expression}'") from None
     try:

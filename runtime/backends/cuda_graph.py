@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Sequence as Seq
 
 import torch
-from slmflow.runtime.backends.transformers_backend import cache_keyword
+from slmflow.runtime.backends.hf_cache import cache_keyword, cache_nbytes
 from slmflow.runtime.errors import PromptError
 
 log = logging.getLogger("slmflow")
@@ -58,8 +58,6 @@ class DecodeGraph:
         self.failed = False
 
     def nbytes(self) -> int:
-        from slmflow.runtime.backends.transformers_backend import cache_nbytes
-
         return cache_nbytes(self.cache)
 
 

@@ -7,12 +7,12 @@ copy it and keep it across turns.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
 import torch
+from slmflow.runtime.backends.hf_cache import cache_keyword, cache_nbytes
 from slmflow.runtime.errors import ModelLoadError
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tokenizer import ChatTokenizer
@@ -64,22 +64,6 @@ class TransformersSequence:
 
     def nbytes(self) -> int:
         return cache_nbytes(self.cache)
-
-
-def cache_keyword(model) -> str:
-    """The keyword the model's forward takes its KV cache by: transformers 5.2x renamed
-    ``past_key_values`` to ``cache``, and either release may be installed."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def cache_nbytes(cache) -> int:
-    """Bytes of key and value tensors a transformers cache holds (allocated, for a static one)."""
-    total = 0
-    for layer in cache.layers:
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
 
 
 class TransformersBackend:
