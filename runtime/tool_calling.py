@@ -126,8 +126,6 @@ def tool_call_grammar(tools: Sequence[ToolSpec], choice: ToolChoice = "auto", pa
 _VALUE = re.compile(r"[-+$€£]?[\w:/.,+-]*\d[\w:/.,+-]*")
 _MAX_NAME = 80  # longest string of a JSON result taken whole as a value (names, paths, short spans)
 _MAX_VALUES = 300
-
-
 _MARKUP = re.compile(r"<[^<>\n]{1,200}>")  # an HTML/XML tag: "<h1>" holds no value
 
 
@@ -190,9 +188,13 @@ def tool_result_values(messages: Sequence[Message]) -> list[str]:
 # ("Here's a list of tools with their descriptions and examples: ..." is 73 characters of
 # nothing), and the words between values cannot loop on.
 LEAD_CHARS, BETWEEN_CHARS = 80, 48
+# Around values only words (letters, spaces, light punctuation; the lead may hold full stops):
+# no stop between values for a sentence to run on past ("number.To calculate it ..."), no
+# symbols to loop on ("↏↏↏").
 WORDS = r"""[\p{L}\p{M} ,;:'"’()%&\/+=-]"""
 MAX_LISTED_ITEMS = 20
 PROSE_CHARS = 200  # a tool result this long, not JSON, is prose to quote (a file's text)
+MAX_QUOTED_CHARS = 20_000  # how much of a long file an answer may quote from (its beginning)
 
 
 def answer_grammar(values: Sequence[str]) -> Grammar:
@@ -208,9 +210,6 @@ def answer_grammar(values: Sequence[str]) -> Grammar:
     if not values:
         raise ConstraintError("answer_grammar needs at least one tool value", "use the plain words rule without any")
     literals = " | ".join(json.dumps(v, ensure_ascii=False) for v in values)
-    # Around values only words (letters, spaces, light punctuation; the lead may hold full stops):
-    # no stop between values for a sentence to run on past ("number.To calculate it ..."), no
-    # symbols to loop on ("↏↏↏").
     if not all(any(c.isdigit() for c in v) for v in values):
         # A value in letters ("Sunny in Oslo") reads as words too, so a lead in words could start
         # with it and run on ("Sunny in Oslo is a fun fact trivia game ..."): the values alone.
@@ -224,8 +223,10 @@ def answer_grammar(values: Sequence[str]) -> Grammar:
 
 
 def passages(content: str) -> list[str]:
-    """The paragraphs of a prose tool result (a file's text; markup tags are cut out, so only
-    the words between them are quoted), or none when it is not prose (JSON, one short line)."""
+    """The paragraphs of a prose tool result (a file's text), each with its runs of whitespace
+    made one space and markup tags cut out, so a quote is the file's words as they stand, not
+    its line breaks or tags; none when it is not prose (JSON, one short line). Only the first
+    MAX_QUOTED_CHARS are offered."""
     try:
         json.loads(content)
         return []
@@ -233,7 +234,7 @@ def passages(content: str) -> list[str]:
         pass
     if len(content) < PROSE_CHARS or content.startswith("ERROR: "):
         return []
-    pieces = (" ".join(p.split()) for p in re.split(r"\n\s*\n|<[^<>\n]{1,200}>", content))
+    pieces = (" ".join(p.split()) for p in re.split(r"\n\s*\n|<[^<>\n]{1,200}>", content[:MAX_QUOTED_CHARS]))
     return [p for p in pieces if len(p.split()) >= 3]
 
 
@@ -330,8 +331,9 @@ def generate_with_tools(
 
     With a ``selector`` and ``tool_choice="auto"``, a turn that answers a user message is decided by
     the selector (tool_selection.py): a call to one of the tools it allows, or words when it allows
-    none. A turn that follows tool results is an answer in words: small models left free there
-    repeat the call they just made.
+    none. A turn that follows tool results is an answer in words (small models left free there
+    repeat the call they just made), held to copying from those results (:func:`answer_after_tools`).
+    A call's arguments are held to the values its tool's ``choices`` give (:func:`narrowed`).
     """
     messages = as_messages(messages)
     selection, allowed = None, list(tools)
