@@ -196,8 +196,8 @@ class DocsQA:
     def ask(self, question: str, where: dict | None = None, method: AnswerMethod = "grounded",
             history: Sequence[Message | dict] = ()) -> DocsAnswer:
         """Retrieve, then answer (the two steps the docs-qa graph runs as nodes). ``history``: the
-        conversation's earlier turns; a follow-up that points back ("When was it built?") is
-        searched and answered with the previous question's words added (:func:`with_antecedent`)."""
+        conversation's earlier turns; in a follow-up that points back ("When was it built?") the
+        pronoun is read as what an earlier question named (:func:`with_antecedent`)."""
         start = time.perf_counter()
         question = with_antecedent(question, history)
         hits = self.retriever.search(question, k=self.k, where=where)

@@ -10,8 +10,6 @@ from slmflow.runtime.messages import Message, as_messages
 
 _POINTS_BACK = re.compile(r"\b(?:it|its|they|them|their|he|him|his|she|her|that|this|these|those|there)\b",
                           re.IGNORECASE)
-
-
 # A name: capitalised words in a row, with the small words that join them ("Bank of England").
 _NAME = re.compile(r"\b[A-Z][\w'-]*(?:\s+(?:of|the|de|du|von|van|and)?\s*[A-Z][\w'-]*)*")
 LOOK_BACK = 3  # earlier user turns searched for a name
@@ -38,9 +36,9 @@ def with_antecedent(question: str, history: Sequence[Message | dict]) -> str:
     """``question`` as retrieval needs it in a conversation: in a follow-up that points back, the
     first pronoun stands for what the latest of the last LOOK_BACK questions to name something
     named ("When was it completed?" after "How tall is the Eiffel Tower?" → "When was the Eiffel
-    Tower completed?"); when none did, the previous question goes before it. A question without a pronoun stands alone.
-    Only the name is carried, not the whole question, whose words ("tall") would pull the
-    search back to the answer already given."""
+    Tower completed?"); when none did, the previous question goes before it. A question without
+    a pronoun stands alone. Only the name is carried, not the whole question, whose words
+    ("tall") would pull the search back to the answer already given."""
     match = _POINTS_BACK.search(question)
     earlier = [m.content for m in as_messages(history) if m.role == "user" and m.content.strip()]
     if match is None or not earlier:

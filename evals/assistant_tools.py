@@ -108,6 +108,8 @@ def is_passage(answer: str, text: str) -> bool:
 
 
 def _rows(single: list[tuple], follow_ups: list[tuple]) -> list[dict]:
+    """Suite rows: (request, tool, value) one-turn items, then (first, second, value) follow-ups;
+    a number becomes the text a tool result shows (:func:`rendered`)."""
     return ([{"request": q, "tool": t, "value": rendered(v) if isinstance(v, (int, float)) else v}
              for q, t, v in single]
             + [{"request": second, "first": first, "tool": "calculator", "value": rendered(v)}
@@ -123,11 +125,10 @@ class AssistantToolsSuite:
 
     def items(self, limit: int | None) -> list[EvalItem]:
         groups = {
-            "calculator": [{"request": q, "tool": "calculator", "value": rendered(v)} for q, v in _ARITHMETIC],
-            "clock": [{"request": q, "tool": "current_time", "value": None} for q in _CLOCK],
-            "files": [{"request": q, "tool": t, "value": v} for q, t, v in _FILES],
-            "follow_up": [{"request": second, "first": first, "tool": "calculator", "value": rendered(v)}
-                          for first, second, v in _FOLLOW_UPS],
+            "calculator": _rows([(q, "calculator", v) for q, v in _ARITHMETIC], []),
+            "clock": _rows([(q, "current_time", None) for q in _CLOCK], []),
+            "files": _rows(_FILES, []),
+            "follow_up": _rows([], _FOLLOW_UPS),
             "reworded": _rows(_REWORDED, _REWORDED_FOLLOW_UPS),
             "held_apart": _rows(_HELD_APART, _HELD_APART_FOLLOW_UPS),
         }

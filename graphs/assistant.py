@@ -15,8 +15,8 @@
   answer under a JSON Schema; docs: the docs-qa agent over the configured folder.
 
 Text read from images is given to whichever node answers. Every node sees the thread's earlier
-turns (the checkpoint keeps them), within its model's context window. Every node appends trace events (node,
-model, tokens, tokens/s, milliseconds), which the CLI streams. The graph compiles with any
+turns (the checkpoint keeps them), within its model's context window. Every node appends trace
+events (node, model, tokens, tokens/s, milliseconds), which the CLI streams. The graph compiles with any
 LangGraph checkpointer; `agents run assistant --thread NAME` uses the SQLite one.
 """
 

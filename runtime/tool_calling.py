@@ -37,6 +37,8 @@ from slmflow.runtime.sampling import SamplingParams
 from slmflow.runtime.tool_selection import ToolSelection, ToolSelector
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+#: How a failed call's result starts in the conversation (tools/base.py, ToolResult.as_message).
+TOOL_ERROR_PREFIX = "ERROR: "
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
 
 
@@ -166,9 +168,9 @@ def listing_grammar(items: Sequence[str]) -> Grammar:
     MAX_LISTED_ITEMS of them and a count of the rest. Left to pick items, a small model repeats
     some, leaves others out and misspells them between ("eiffel.txt")."""
     shown = list(items[:MAX_LISTED_ITEMS])
-    listed = ", ".join(shown[:-1]) + (" and " if len(shown) > 1 else "") + shown[-1]
     if len(items) > len(shown):
-        listed = ", ".join(shown) + f" and {len(items) - len(shown)} more"
+        shown.append(f"{len(items) - len(shown)} more")
+    listed = ", ".join(shown[:-1]) + (" and " if len(shown) > 1 else "") + shown[-1]
     return Grammar(f'start: text\ntext: (LEAD ": ")? {json.dumps(listed, ensure_ascii=False)} "."\n'
                    f"LEAD: /[^<0-9\\n`:]{{1,{LEAD_CHARS}}}/\n")
 
@@ -179,7 +181,7 @@ def tool_result_values(messages: Sequence[Message]) -> list[str]:
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     found: dict[str, None] = {}
     for m in messages[last_user + 1:]:
-        if m.role == "tool" and not m.content.startswith("ERROR: "):
+        if m.role == "tool" and not m.content.startswith(TOOL_ERROR_PREFIX):
             found.update(dict.fromkeys(v for v in _values_in(m.content) if v))
     return sorted(found, key=len, reverse=True)[:_MAX_VALUES]
 
@@ -232,9 +234,9 @@ def passages(content: str) -> list[str]:
         return []
     except ValueError:
         pass
-    if len(content) < PROSE_CHARS or content.startswith("ERROR: "):
+    if len(content) < PROSE_CHARS or content.startswith(TOOL_ERROR_PREFIX):
         return []
-    pieces = (" ".join(p.split()) for p in re.split(r"\n\s*\n|<[^<>\n]{1,200}>", content[:MAX_QUOTED_CHARS]))
+    pieces = (" ".join(p.split()) for p in re.split(rf"\n\s*\n|{_MARKUP.pattern}", content[:MAX_QUOTED_CHARS]))
     return [p for p in pieces if len(p.split()) >= 3]
 
 
@@ -343,7 +345,9 @@ def generate_with_tools(
         tool_choice = "required" if allowed else "none"
     elif selector is not None and tool_choice == "auto" and messages[-1].role == "tool":
         tool_choice = "none"
-    callable_tools = [narrowed(t, messages) for t in (allowed if tool_choice == "required" else tools)]
+    callable_tools = allowed if tool_choice == "required" else list(tools)
+    if tool_choice != "none":  # an answer in words calls nothing: no arguments to narrow
+        callable_tools = [narrowed(t, messages) for t in callable_tools]
     if hasattr(model, "tool_turn"):  # an endpoint model: the server enforces the choice
         turn = model.tool_turn(messages, callable_tools, tool_choice, parallel, max_tokens, sampling)
         return turn.model_copy(update={"selection": selection})

@@ -20,17 +20,18 @@ from collections.abc import Sequence
 
 from slmflow.runtime.messages import Message
 
-# Requests that certainly need the calculator (ToolSpec.triggers): two numbers joined by an
-# operator, or a percentage of a number.
 _NUMBER = r"-?\d+(?:\.\d+)?"
-_N = r"(-?\d+(?:\.\d+)?)"
+_N = f"({_NUMBER})"
 # Arithmetic said in words, and the same in symbols (each pattern with its replacement).
 _PHRASES = [(rf"\b(?:add|sum of)\s+{_N}\s+(?:and|to|plus)\s+{_N}", r"\1 + \2"),
             (rf"\bsubtract\s+{_N}\s+from\s+{_N}", r"\2 - \1"),
-            (rf"\b(?:multiply\s+{_N}\s+(?:by|and|with)|product of\s+{_N}\s+and)\s+{_N}", None),
+            (rf"\bmultiply\s+{_N}\s+(?:by|and|with)\s+{_N}", r"\1 * \2"),
+            (rf"\bproduct of\s+{_N}\s+and\s+{_N}", r"\1 * \2"),
             (rf"\bdivide\s+{_N}\s+by\s+{_N}", r"\1 / \2"),
             (rf"{_N}\s+squared\b", r"\1 ** 2"), (rf"{_N}\s+cubed\b", r"\1 ** 3"),
             (rf"{_N}\s+to the power of\s+{_N}", r"\1 ** \2"), (rf"\bsquare root of\s+{_N}", r"\1 ** 0.5")]
+# Requests that certainly need the calculator (ToolSpec.triggers): two numbers joined by an
+# operator (in symbols or words), or a percentage of a number.
 ARITHMETIC = "|".join([r"\d\s*(?:[+*^×]|\*\*)\s*\(?\s*-?\d",
                        r"\d\s+(?:-|/|x|plus|minus|times|divided by|multiplied by)\s+\(?\s*-?\d",
                        r"\d\s*(?:%|percent)\s*of\s*\d", *(pattern for pattern, _ in _PHRASES)])
@@ -57,7 +58,7 @@ _WORD_OPERATORS = [(r"\s+plus\s+", " + "), (r"\s+minus\s+", " - "), (r"\s+(?:tim
                    (r"(?<=\d),(?=\d{3}\b)", "")]
 # A run of numbers, operators, parentheses and "% of" (the candidates are then checked one by one).
 _RUN = re.compile(r"[(\d][\d\s.()+\-*/%^×]*(?:of[\d\s.()+\-*/%^×]*)*")
-_PERCENT_OF = re.compile(r"(\d+(?:\.\d+)?)\s*%\s*of\s*")
+_PERCENT_OF = re.compile(r"(\d+(?:\.\d+)?)\s*(?:%|percent)\s*of\s*")
 
 
 def python_form(expression: str) -> str:
@@ -75,15 +76,10 @@ def _parses(expression: str) -> bool:
     return True
 
 
-def _product(match: re.Match) -> str:
-    first, second = [g for g in match.groups() if g is not None]
-    return f"{first} * {second}"
-
-
 def expressions_in(text: str) -> list[str]:
     """The arithmetic expressions written in ``text``, as the calculator reads them."""
     for pattern, symbol in _PHRASES:
-        text = re.sub(pattern, symbol or _product, text, flags=re.IGNORECASE)
+        text = re.sub(pattern, symbol, text, flags=re.IGNORECASE)
     for pattern, symbol in _WORD_OPERATORS:
         text = re.sub(pattern, symbol, text, flags=re.IGNORECASE)
     found = []

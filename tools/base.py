@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from slmflow.runtime.messages import Message
-from slmflow.runtime.tool_calling import ToolCall, ToolSpec
+from slmflow.runtime.tool_calling import TOOL_ERROR_PREFIX, ToolCall, ToolSpec
 
 
 class ToolError(Exception):
@@ -32,7 +32,7 @@ class ToolResult(BaseModel):
     content: str
 
     def as_message(self) -> dict:
-        return {"role": "tool", "content": self.content if self.ok else f"ERROR: {self.content}"}
+        return {"role": "tool", "content": self.content if self.ok else TOOL_ERROR_PREFIX + self.content}
 
 
 class Tool(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import operator
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -45,22 +46,28 @@ class Folder:
             raise ToolError(f"path '{relative}' refused: it links outside the folder")
         return full
 
-
     def entries(self, limit: int = MAX_LISTED) -> tuple[list[str], list[str]]:
         """The folders ("." first) and files under the root, relative and in POSIX form, each list
-        empty when the root holds more than ``limit`` entries (too many to offer as choices)."""
-        folders, files = ["."], []
-        for path in sorted(self.root.rglob("*")):
-            if len(folders) + len(files) > limit:
-                return [], []
-            if any(part.startswith(".") for part in path.relative_to(self.root).parts):
-                continue  # hidden files and folders (.git, .cache) are not offered
-            try:
-                self.resolve(path.relative_to(self.root).as_posix())
-            except ToolError:
-                continue  # a link out of the root
-            (folders if path.is_dir() else files).append(path.relative_to(self.root).as_posix())
-        return folders, files
+        empty when the root holds more than ``limit`` entries (too many to offer as choices).
+        Hidden folders (.git, .cache) are not entered and the walk stops at the limit: this runs
+        on every tool call turn, so a large tree costs ``limit`` entries, not its size."""
+        found: list[tuple[str, bool]] = []
+        for top, dirs, names in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            here = Path(top).relative_to(self.root)
+            for name, is_dir in [*((d, True) for d in dirs), *((n, False) for n in names)]:
+                if name.startswith("."):
+                    continue  # hidden files are not offered
+                relative = (here / name).as_posix()
+                try:
+                    self.resolve(relative)
+                except ToolError:
+                    continue  # a link out of the root
+                found.append((relative, is_dir))
+                if len(found) > limit:
+                    return [], []
+        found.sort(key=lambda entry: Path(entry[0]).parts)
+        return ["."] + [p for p, is_dir in found if is_dir], [p for p, is_dir in found if not is_dir]
 
 
 def file_tools(root: str | Path, max_bytes: int = MAX_READ_BYTES) -> list[Tool]:
