@@ -51,6 +51,18 @@ class AgentEvent(BaseModel):
     elapsed_s: float = 0.0
 
 
+class AgentStep(BaseModel):
+    """What one model turn of a run came to: its events, then either the calls to run next or,
+    when ``done``, the run's output."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    events: list[AgentEvent]
+    calls: list[ToolCall] = []
+    done: bool = False
+    output: Any = None
+
+
 class AgentResult(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -63,6 +75,10 @@ class AgentResult(BaseModel):
 
 
 class Agent:
+    """A model with a system prompt, tools and an optional output type, run as an act-observe
+    loop (the module docstring). ``run``/``stream`` drive the whole loop; ``start``, ``step`` and
+    ``registry.call`` are its parts, for a graph that runs them in nodes of its own."""
+
     def __init__(
         self,
         model: str | Model | None = None,
@@ -113,11 +129,7 @@ class Agent:
         """Run the loop, yielding events; the generator's return value is the :class:`AgentResult`.
         ``history``: earlier turns of the conversation (user and assistant messages)."""
         start = time.perf_counter()
-        messages: list[Message] = []
-        if self.system:
-            messages.append(Message(role="system", content=self.system))
-        messages += as_messages(history)
-        messages.append(Message(role="user", content=user_input))
+        messages = self.start(user_input, history)
         trace: list[AgentEvent] = []
 
         def emit(event: AgentEvent) -> AgentEvent:
@@ -132,34 +144,49 @@ class Agent:
         for step in range(1, self.limits.max_steps + 1):
             if time.perf_counter() - start > self.limits.timeout_s:
                 return finish("timeout", None, step - 1)
-            for event in self._fit(messages, step):
+            taken = self.step(messages, step)
+            for event in taken.events:
                 yield emit(event)
-            turn = generate_with_tools(self.model, messages, self.registry.specs, tool_choice=self.tool_choice,
-                                       parallel=self.parallel, max_tokens=self.limits.max_tokens,
-                                       sampling=self.sampling, selector=self.tool_selector)
-            yield emit(AgentEvent(kind="model", step=step, text=turn.raw, tool_calls=turn.tool_calls,
-                                  usage=turn.result.usage))
-            messages.append(Message(role="assistant", content=turn.raw))
-            if not turn.tool_calls and turn.raw.lstrip().startswith(CALL_OPEN):
-                # A call cut off by max_tokens: tell the model, as a tool result, and go on.
-                cut = ToolResult(call_id="", name="", ok=False,
-                                 content=f"the tool call was cut off after {self.limits.max_tokens} tokens; "
-                                         "make it shorter")
-                messages.append(Message(**cut.as_message()))
-                yield emit(AgentEvent(kind="tool", step=step, tool_result=cut))
-                continue
-            if not turn.tool_calls:
-                output = turn.text
-                if self.output_type is not None:
-                    output = self.model.generate(messages[:-1], output=self.output_type,
-                                                 max_tokens=self.limits.max_tokens)
-                yield emit(AgentEvent(kind="final", step=step, text=turn.text))
-                return finish("done", output, step)
-            for call in turn.tool_calls:
+            if taken.done:
+                return finish("done", taken.output, step)
+            for call in taken.calls:
                 result = self.registry.call(call, self.approve)
                 messages.append(Message(**result.as_message()))
                 yield emit(AgentEvent(kind="tool", step=step, tool_result=result))
         return finish("max_steps", None, self.limits.max_steps)
+
+    def start(self, user_input: str, history: Sequence[Message | dict] = ()) -> list[Message]:
+        """The run's first messages: the system prompt, ``history``, then ``user_input``."""
+        messages: list[Message] = [Message(role="system", content=self.system)] if self.system else []
+        return [*messages, *as_messages(history), Message(role="user", content=user_input)]
+
+    def step(self, messages: list[Message], step: int) -> AgentStep:
+        """One model turn over ``messages``, which it extends with the turn (and, for a call cut
+        off by ``max_tokens``, a tool result telling the model so). The calls it makes are
+        returned, not run: :meth:`stream` runs them at once, a graph in a node of their own, so
+        that an approval can pause between the turn and the tools (graphs/assistant.py)."""
+        events = list(self._fit(messages, step))
+        turn = generate_with_tools(self.model, messages, self.registry.specs, tool_choice=self.tool_choice,
+                                   parallel=self.parallel, max_tokens=self.limits.max_tokens,
+                                   sampling=self.sampling, selector=self.tool_selector)
+        events.append(AgentEvent(kind="model", step=step, text=turn.raw, tool_calls=turn.tool_calls,
+                                 usage=turn.result.usage))
+        messages.append(Message(role="assistant", content=turn.raw))
+        if not turn.tool_calls and turn.raw.lstrip().startswith(CALL_OPEN):
+            # A call cut off by max_tokens: tell the model, as a tool result, and go on.
+            cut = ToolResult(call_id="", name="", ok=False,
+                             content=f"the tool call was cut off after {self.limits.max_tokens} tokens; "
+                                     "make it shorter")
+            messages.append(Message(**cut.as_message()))
+            events.append(AgentEvent(kind="tool", step=step, tool_result=cut))
+            return AgentStep(events=events)
+        if turn.tool_calls:
+            return AgentStep(events=events, calls=turn.tool_calls)
+        output = turn.text
+        if self.output_type is not None:
+            output = self.model.generate(messages[:-1], output=self.output_type, max_tokens=self.limits.max_tokens)
+        events.append(AgentEvent(kind="final", step=step, text=turn.text))
+        return AgentStep(events=events, done=True, output=output)
 
     def run(self, user_input: str, history: Sequence[Message | dict] = ()) -> AgentResult:
         events = self.stream(user_input, history)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,7 @@ from slmflow.runtime import Model, load_model
 from slmflow.runtime.constraints import Choice
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import as_messages, drop_oldest_turns
+from slmflow.runtime.protocol import GenerativeModel
 from slmflow.runtime.tool_calling import ToolCall
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.runtime.vision import load_images
@@ -115,6 +117,8 @@ def decide_route(model: Model, request: str, signals: RouteSignals | None = None
 
 
 MOE_FINAL_TOKENS = 100
+#: Model turns the tools agent takes per request (a call, its answer, and two to spare).
+AGENT_STEPS = 4
 
 
 class FinalAnswer(BaseModel):
@@ -139,11 +143,24 @@ class TraceEvent(BaseModel):
     note: str = ""
 
 
+class AgentProgress(TypedDict, total=False):
+    """Where the tools agent of the current request stands, kept in the checkpoint between its
+    model, approval and tool nodes (empty when no agent is running)."""
+
+    role: str  # the model role it runs on: mini, or moe when a tool fits a reasoning request
+    messages: list[dict]  # its working conversation: system, history, request, turns, tool results
+    step: int  # model turns taken
+    calls: list[dict]  # the calls of its last turn, not yet run
+    approved: list[bool]  # the user's answer per call, once the approve node has asked
+    called: list[str]  # the tools run so far, for the trace
+
+
 class AssistantState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     images: list[str]
     image_texts: Annotated[list[str], operator.add]
     route: str
+    agent: AgentProgress
     trace: Annotated[list[dict], operator.add]
     tokens_used: Annotated[int, operator.add]
 
@@ -168,7 +185,8 @@ def _history(state: AssistantState) -> list[dict]:
 
 def _ask_user(tool: Tool, call: ToolCall) -> bool:
     """Pause the graph (a LangGraph interrupt, saved by the checkpointer) until the user answers.
-    On resume LangGraph re-runs the node and ``interrupt`` returns the user's answer."""
+    On resume LangGraph re-runs the node and ``interrupt`` returns the user's answer, so it is
+    called only from the approve node, which does nothing else: replaying it runs no tool."""
     answer = interrupt({"tool": tool.name, "arguments": call.arguments, "question": f"run {tool.name}?"})
     return answer is True or str(answer).strip().lower() in ("y", "yes", "true")
 
@@ -184,8 +202,11 @@ class AssistantGraph:
     """Builds the router graph over the configured roles (see the module docstring)."""
 
     def __init__(self, docs_folder: str | Path | None = None, limits: GraphLimits | None = None,
-                 tools: Sequence[Tool] = (), allow_mutating_tools: bool = False) -> None:
+                 tools: Sequence[Tool] = (), allow_mutating_tools: bool = False,
+                 models: Mapping[str, GenerativeModel] | None = None) -> None:
+        """``models``: a model per role (mini, moe) to use instead of the configured ones."""
         self.docs_folder = docs_folder
+        self.models = dict(models or {})
         self.limits = limits or GraphLimits()
         self.tools = [calculator, current_time, *tools]
         self.allow_mutating = allow_mutating_tools
@@ -213,7 +234,7 @@ class AssistantGraph:
 
     def route(self, state: AssistantState) -> dict:
         started = time.perf_counter()
-        model = load_model(role="mini")
+        model = self._model("mini")
         request = _request(state)
         signals = RouteSignals.measure(request, self._tool_selector(), self.tools,
                                        self.docs_qa().retriever if self.docs_folder else None, _history(state))
@@ -233,14 +254,21 @@ class AssistantGraph:
         from slmflow.agents.docs_qa import DocsQA
 
         if self._docs is None:
-            self._docs = DocsQA(self.docs_folder, load_model(role="mini"))
+            self._docs = DocsQA(self.docs_folder, self._model("mini"))
             self._docs.update_index(progress=progress)
         return self._docs
 
+    def _model(self, role: str) -> GenerativeModel:
+        return self.models[role] if role in self.models else load_model(role=role)
+
     def pick(self, state: AssistantState) -> Literal["mini", "moe", "docs"]:
+        """The node after route: reasoning goes to moe, unless a read-only tool fits it (the
+        calculator for "what do 14 pens at 3 EUR cost, 14 * 3"), when the tools agent runs it on
+        the moe model; docs to docs; the rest to the tools agent on mini."""
         route = state["route"]
         if route == "reasoning":
-            return "moe"
+            question = _with_image_text(state, _request(state))
+            return "mini" if self._tool_selector().select(question, [t.spec for t in self.tools]).allowed else "moe"
         if route == "docs" and self.docs_folder is not None:
             return "docs"
         return "mini"
@@ -248,31 +276,85 @@ class AssistantGraph:
     def _budget(self, state: AssistantState) -> int:
         return max(1, self.limits.max_tokens - (state.get("tokens_used") or 0))
 
-    def _run_tools_agent(self, node: str, model: Model, state: AssistantState, question: str) -> dict:
-        """``question`` through an Agent on ``model`` with the graph's tools, with the thread's
-        history: the mini node's work, and the moe node's when a tool fits its question."""
-        started = time.perf_counter()
-        agent = Agent(model, tools=self.tools, allow_mutating_tools=self.allow_mutating, approve=_ask_user,
-                      tool_selector=self._tool_selector(),
-                      limits=AgentLimits(max_steps=4, max_tokens=min(256, self._budget(state))))
-        result = agent.run(question, history=_history(state))
-        usage = Usage.combined([e.usage for e in result.trace if e.usage])
-        calls = [c.name for e in result.trace for c in e.tool_calls]
-        note = f"status {result.status}" + (f", tools: {', '.join(calls)}" if calls else "")
-        return {"messages": [AIMessage(content=str(result.output or ""))],
-                "trace": [_event(node, model, started, usage, note=note)], "tokens_used": usage.completion_tokens}
+    def _agent(self, role: str, state: AssistantState) -> Agent:
+        return Agent(self._model(role), tools=self.tools, allow_mutating_tools=self.allow_mutating,
+                     tool_selector=self._tool_selector(),
+                     limits=AgentLimits(max_steps=AGENT_STEPS, max_tokens=min(256, self._budget(state))))
+
+    # The tools agent as three nodes: mini (one model turn), approve (asks the user about calls
+    # that need it) and tools (runs the calls). An approval pauses the graph between nodes, so a
+    # resumed thread replays only the approve node, never a tool that already ran.
 
     def mini(self, state: AssistantState) -> dict:
-        return self._run_tools_agent("mini", load_model(role="mini"), state, _with_image_text(state, _request(state)))
+        """One model turn of the tools agent: the request's first (from the thread's history and
+        the request), or the next after tool results."""
+        started = time.perf_counter()
+        progress = state.get("agent") or {}
+        role = progress.get("role") or ("moe" if state.get("route") == "reasoning" else "mini")
+        agent = self._agent(role, state)
+        if progress.get("messages"):
+            messages, step = as_messages(progress["messages"]), progress["step"] + 1
+        else:
+            messages, step = agent.start(_with_image_text(state, _request(state)), _history(state)), 1
+        called = list(progress.get("called") or [])
+        taken = agent.step(messages, step)
+        usage = Usage.combined([e.usage for e in taken.events if e.usage])
+        event = partial(_event, role, agent.model, started, usage)
+        if taken.done or step >= AGENT_STEPS:  # at the last step a call is not run: no turn would read it
+            status = "done" if taken.done else "max_steps"
+            note = f"status {status}" + (f", tools: {', '.join(called)}" if called else "")
+            return {"messages": [AIMessage(content=str(taken.output or ""))], "agent": {},
+                    "trace": [event(note=note)], "tokens_used": usage.completion_tokens}
+        calls = [c.model_dump() for c in taken.calls]
+        note = f"calls {', '.join(c.name for c in taken.calls)}" if taken.calls else "call cut off"
+        return {"agent": {"role": role, "messages": [m.model_dump() for m in messages], "step": step,
+                          "calls": calls, "approved": [], "called": called},
+                "trace": [event(note=note)], "tokens_used": usage.completion_tokens}
+
+    def after_model(self, state: AssistantState) -> Literal["approve", "tools", "mini", "__end__"]:
+        progress = state.get("agent") or {}
+        if not progress:
+            return END
+        calls = progress.get("calls") or []
+        if not calls:  # a call cut off by max_tokens: the model is told and tries again
+            return "mini"
+        tools = {t.name: t for t in self.tools}
+        return "approve" if any(tools.get(c["name"]) and tools[c["name"]].needs_approval for c in calls) else "tools"
+
+    def approve(self, state: AssistantState) -> dict:
+        """Ask the user about each call whose tool needs approval (an interrupt per call); runs
+        nothing, so LangGraph may replay it on resume."""
+        progress = state["agent"]
+        tools = {t.name: t for t in self.tools}
+        answers = []
+        for raw in progress["calls"]:
+            call = ToolCall.model_validate(raw)
+            tool = tools.get(call.name)
+            answers.append(_ask_user(tool, call) if tool is not None and tool.needs_approval else True)
+        return {"agent": {**progress, "approved": answers}}
+
+    def tools_node(self, state: AssistantState) -> dict:
+        """Run the last turn's calls, approved ones only among those that need approval; their
+        results join the agent's conversation for its next turn."""
+        started = time.perf_counter()
+        progress = state["agent"]
+        agent = self._agent(progress["role"], state)
+        approved = progress.get("approved") or [True] * len(progress["calls"])
+        messages = list(progress["messages"])
+        notes, called = [], list(progress.get("called") or [])
+        for raw, ok in zip(progress["calls"], approved, strict=True):
+            call = ToolCall.model_validate(raw)
+            result = agent.registry.call(call, lambda _tool, _call, ok=ok: ok)
+            messages.append(result.as_message())
+            notes.append(f"{call.name}: {'ok' if result.ok else 'error'}")
+            called.append(call.name)
+        return {"agent": {**progress, "messages": messages, "calls": [], "approved": [], "called": called},
+                "trace": [_event("tools", None, started, note="; ".join(notes))]}
 
     def moe(self, state: AssistantState) -> dict:
         started = time.perf_counter()
-        model = load_model(role="moe")
+        model = self._model("moe")
         question = _with_image_text(state, _request(state))
-        if self._tool_selector().select(question, [t.spec for t in self.tools]).allowed:
-            # A read-only tool fits (the calculator for "what do 14 pens at 3 EUR cost, 14 * 3"):
-            # the reasoning role calls it and answers from its result, as the mini role would.
-            return self._run_tools_agent("moe", model, state, question)
         # The thread's earlier turns come first, so "and double it" can be worked out from them;
         # the oldest go first when they and both replies would not fit the context window.
         asked = as_messages([*_history(state), {"role": "user", "content": question + "\nThink step by step."}])
@@ -302,14 +384,30 @@ class AssistantGraph:
 
     # --- the graph -------------------------------------------------------------------------------
 
+    def _add_agent(self, graph: StateGraph) -> None:
+        graph.add_node("mini", self.mini)
+        graph.add_node("approve", self.approve)
+        graph.add_node("tools", self.tools_node)
+        graph.add_conditional_edges("mini", self.after_model, ["approve", "tools", "mini", END])
+        graph.add_edge("approve", "tools")
+        graph.add_edge("tools", "mini")
+
     def build(self, checkpointer: Any = None):
         graph = StateGraph(AssistantState)
-        for name in ("plan", "vision", "route", "mini", "moe", "docs"):
+        for name in ("plan", "vision", "route", "moe", "docs"):
             graph.add_node(name, getattr(self, name))
+        self._add_agent(graph)
         graph.add_edge(START, "plan")
         graph.add_conditional_edges("plan", self.fan_out, ["vision", "route"])
         graph.add_edge("vision", "route")
         graph.add_conditional_edges("route", self.pick, ["mini", "moe", "docs"])
-        for name in ("mini", "moe", "docs"):
+        for name in ("moe", "docs"):
             graph.add_edge(name, END)
+        return graph.compile(checkpointer=checkpointer)
+
+    def build_agent(self, checkpointer: Any = None):
+        """The tools agent alone (mini ⇄ approve/tools), on the request's last user message."""
+        graph = StateGraph(AssistantState)
+        self._add_agent(graph)
+        graph.add_edge(START, "mini")
         return graph.compile(checkpointer=checkpointer)

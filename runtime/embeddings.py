@@ -11,11 +11,12 @@ import hashlib
 import importlib.util
 import threading
 from collections import OrderedDict
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from slmflow.runtime.errors import ModelLoadError
+from slmflow.runtime.registry import REGISTRY
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 QUERY_CACHE_SIZE = 64
@@ -119,7 +120,8 @@ class Embedder:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-@lru_cache(maxsize=4)
 def load_embedder(path: str | None = None) -> Embedder:
-    """One loaded embedder per path (the default when None), shared by every caller in the process."""
-    return Embedder(Path(path) if path else default_embedder_path())
+    """One loaded embedder per path (the default when None), shared by every caller in the process
+    (held in runtime/registry.py as ``embedder:PATH``)."""
+    where = Path(path) if path else default_embedder_path()
+    return REGISTRY.get(f"embedder:{where}", lambda: Embedder(where))

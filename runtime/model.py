@@ -32,6 +32,8 @@ from slmflow.runtime.prefix_cache import (
     PrefixCache,
     common_prefix,
 )
+from slmflow.runtime.protocol import GenerativeModel
+from slmflow.runtime.registry import REGISTRY
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
 from slmflow.runtime.speculation import PromptLookup
@@ -42,6 +44,11 @@ Prompt = str | Seq[Message] | Seq[dict] | Seq[int]
 
 
 class Model:
+    """A backend with its prefix cache behind one ``generate``: prompts (text or chat messages)
+    become token ids by the model's own chat template, constraints and output types become token
+    masks, and the loop (runtime/loop.py) decodes. ``load_model`` gives one per spec; drive it
+    from one thread at a time (its worker, runtime/registry.py), as its KV states are shared."""
+
     def __init__(self, backend: Backend, cache_budget: CacheBudget | None = None) -> None:
         self.backend = backend
         self.tokenizer = backend.tokenizer
@@ -250,9 +257,6 @@ class Session:
             self._state.truncate(min(common_prefix(self._state.tokens, self.tokens), self._state.exact))
 
 
-_loaded: dict[str, Model | EndpointModel] = {}
-
-
 def _load_backend(spec: ModelSpec) -> Backend:
     if spec.kind is SpecKind.EMBEDDED:
         if spec.location == "transformers":
@@ -291,12 +295,13 @@ def _load(spec: ModelSpec) -> Model | EndpointModel:
     return Model(_load_backend(spec))
 
 
-def load_model(spec: str | ModelSpec | Path | Model | EndpointModel | None = None, *,
+def load_model(spec: str | ModelSpec | Path | GenerativeModel | None = None, *,
                role: str | None = None) -> Model | EndpointModel:
     """Load (or reuse) a model by spec, or by role from ``slmflow.toml``; default: the embedded model.
     Local specs load weights into our loop; ``ollama:`` and ``openai:`` specs connect to a server
-    (runtime/endpoints/). A model already loaded is returned as it is."""
-    if isinstance(spec, (Model, EndpointModel)):
+    (runtime/endpoints/). A model already loaded is returned as it is; one spec loads once per
+    process, however many threads ask at once (runtime/registry.py, where ``unload`` frees it)."""
+    if isinstance(spec, GenerativeModel):  # a loaded model, or a caller's own (runtime/protocol.py)
         return spec
     if spec is not None and role is not None:
         raise PromptError("both a model spec and a role were given", "pass one of --model or --role")
@@ -304,7 +309,4 @@ def load_model(spec: str | ModelSpec | Path | Model | EndpointModel | None = Non
         parsed = spec_for_role(role) if role is not None else parse_spec("embedded")
     else:
         parsed = spec if isinstance(spec, ModelSpec) else parse_spec(str(spec))
-    key = str(parsed)
-    if key not in _loaded:
-        _loaded[key] = _load(parsed)
-    return _loaded[key]
+    return REGISTRY.get(str(parsed), lambda: _load(parsed))

@@ -79,6 +79,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PrefixCache:
+    """One model's held KV states: ``acquire`` hands out the state sharing the longest exact
+    prefix with a prompt (or a fresh or recycled one), so a generation prefills only the rest;
+    states beyond the budget are dropped least recently used first. Not thread-safe by itself:
+    its model's one worker (runtime/registry.py) serialises the generations that use it."""
+
     def __init__(self, backend: Backend, budget: CacheBudget | None = None, enabled: bool = True) -> None:
         self.backend = backend
         self.budget = budget or CacheBudget()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from slmflow.runtime.backends.transformers_backend import (
 from slmflow.runtime.errors import BackendUnavailableError, ModelLoadError, PromptError
 from slmflow.runtime.loop import Response, run_generation
 from slmflow.runtime.messages import Message
+from slmflow.runtime.registry import REGISTRY
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import SpecKind, parse_spec
 from slmflow.runtime.tokenizer import ChatTokenizer
@@ -157,10 +157,14 @@ def _respond(seq, ids: list[int], tokenizer: ChatTokenizer, vocab_size: int, dev
     return Response(stream)
 
 
-@lru_cache(maxsize=2)
 def load_vision_model(spec: str) -> VisionModel | OnnxVisionModel:
     """The vision role's model from its spec: ``hf:PATH`` (transformers) or ``onnx:PATH``
-    (Phi-3.5-vision's ONNX layout)."""
+    (Phi-3.5-vision's ONNX layout); one per spec in the process (runtime/registry.py,
+    ``vision:SPEC``)."""
+    return REGISTRY.get(f"vision:{spec}", lambda: _load_vision_model(spec))
+
+
+def _load_vision_model(spec: str) -> VisionModel | OnnxVisionModel:
     parsed = parse_spec(spec)
     if parsed.kind is SpecKind.HF:
         return VisionModel(parsed.path)

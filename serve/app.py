@@ -11,10 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from slmflow.runtime.constraints import ConstraintError, StructuredOutputError
 from slmflow.runtime.errors import EndpointError, PromptError, SlmflowError
+from slmflow.runtime.registry import worker_for
 from slmflow.runtime.tool_selection import ToolSelector
+from slmflow.runtime.worker import QueueFullError
 from slmflow.serve import ollama_api, openai_api
 from slmflow.serve.state import ServedModel, ServeError, ServeSettings
-from slmflow.serve.worker import ModelWorker, QueueFullError
 
 _STATUS = [(PromptError, 400), (ConstraintError, 400), (QueueFullError, 429), (StructuredOutputError, 502),
            (EndpointError, 502)]
@@ -81,7 +82,8 @@ def create_app(models: dict[str, object], settings: ServeSettings | None = None)
     app = FastAPI(title="slmflow", version="1", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.selector = ToolSelector() if settings.tool_selector else None
-    app.state.models = {name: ServedModel(model, ModelWorker(name, settings.max_queue))
+    # One worker per model, not per name: two names for one model must not drive it at once.
+    app.state.models = {name: ServedModel(model, worker_for(model, settings.max_queue))
                         for name, model in models.items()}
     app.include_router(openai_api.router)
     app.include_router(ollama_api.router)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from pydantic import BaseModel, Field
-from slmflow.serve.worker import ModelWorker
+from slmflow.runtime.worker import ModelWorker
 
 
 class ServeSettings(BaseModel):

@@ -21,12 +21,11 @@ import torch
 from conftest import build_tiny_llava, build_tiny_phi3v_onnx, build_tiny_phimoe
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel
 from slmflow.agents.chat_model import SlmflowChatModel, langchain_tool
-from slmflow.graphs.assistant import AssistantGraph, AssistantState, GraphLimits
+from slmflow.graphs.assistant import AssistantGraph, GraphLimits
 from slmflow.runtime import load_model
 from slmflow.runtime.errors import ModelLoadError, PromptError, SlmflowError
 from slmflow.tools import calculator, tool
@@ -292,10 +291,14 @@ def test_a_docs_follow_up_is_searched_with_the_question_it_follows(onnx_model, t
 
 def test_moe_calls_a_read_only_tool_that_fits_its_question(onnx_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    update = AssistantGraph().moe({"messages": [HumanMessage("Pens cost 3 EUR each. What do 14 pens cost? "
-                                                             "Work out 14 * 3.")]})
-    assert update["trace"][0]["node"] == "moe" and update["trace"][0]["note"] == "status done, tools: calculator"
-    assert "42" in update["messages"][0].content
+    assistant = AssistantGraph()
+    state = {"messages": [HumanMessage("Pens cost 3 EUR each. What do 14 pens cost? Work out 14 * 3.")],
+             "route": "reasoning"}
+    assert assistant.pick(state) == "mini"  # the tools agent, on the moe role's model
+    out = assistant.build_agent().invoke(state)
+    assert [e["node"] for e in out["trace"]] == ["moe", "tools", "moe"]
+    assert out["trace"][-1]["note"] == "status done, tools: calculator"
+    assert "42" in out["messages"][-1].content
 
 
 def test_moe_drops_the_oldest_turns_of_a_long_thread_to_fit(tiny_phi3_dirs, tmp_path, monkeypatch):
@@ -349,21 +352,18 @@ def test_tool_needing_approval_waits_for_the_user(onnx_model, tmp_path):
         written.append(text)
         return "saved"
 
-    assistant = AssistantGraph(tools=[write_note], allow_mutating_tools=True)
-    builder = StateGraph(AssistantState)
-    builder.add_node("mini", assistant.mini)
-    builder.add_edge(START, "mini")
-    builder.add_edge("mini", END)
-    graph = builder.compile(checkpointer=InMemorySaver())
+    graph = AssistantGraph(tools=[write_note], allow_mutating_tools=True).build_agent(checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "approval"}}
     graph.invoke({"messages": [("user", "Write a note with the text: buy milk")]}, config)
     pending = graph.get_state(config)
-    assert pending.next == ("mini",) and pending.tasks[0].interrupts[0].value["tool"] == "write_note"
+    assert pending.next == ("approve",) and pending.tasks[0].interrupts[0].value["tool"] == "write_note"
     assert written == []
     graph.invoke(Command(resume="no"), config)
     assert written == [] and not graph.get_state(config).next
-    mini_event = graph.get_state(config).values["trace"][-1]
-    assert mini_event["node"] == "mini" and mini_event["tokens"] > 0 and mini_event["tokens_per_s"] > 0
+    first, tools, last = graph.get_state(config).values["trace"]
+    assert first["node"] == "mini" and first["tokens"] > 0 and first["tokens_per_s"] > 0
+    assert tools["node"] == "tools" and tools["note"] == "write_note: error"  # declined: not run
+    assert last["node"] == "mini" and last["note"] == "status done, tools: write_note"
 
 
 # --- threads and user graphs from the CLI ---------------------------------------------------

@@ -67,6 +67,10 @@ class TransformersSequence:
 
 
 class TransformersBackend:
+    """A Hugging Face causal LM (a folder, or a GGUF file dequantised by transformers) stepped
+    token by token by our loop: sequences over transformers' own KV cache classes, forkable, and
+    on CUDA the captured-graph fast path (backends/cuda_graph.py)."""
+
     name = "transformers"
     can_fork = True
 

@@ -1,9 +1,10 @@
-"""One worker thread per served model: requests to a model run one at a time, in arrival order.
+"""The thread that drives one loaded model: its requests run one at a time, in arrival order.
 
 A model's prefix cache and KV state belong to one generation at a time, so concurrent requests are
-queued, not interleaved. A full queue answers 429 (clients retry with backoff) instead of growing
-without bound. A streamed request whose client goes away stops at its next token, and the model's
-generator is closed so its cache entry is released as after any finished request.
+queued, not interleaved; runtime/registry.py gives each loaded model exactly one worker. A full
+queue answers 429 (clients retry with backoff) instead of growing without bound. A streamed request whose client goes away stops at its next token, and the model's
+generator is closed so its cache entry is released as after any finished request; one dropped
+while it still waited never starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from slmflow.runtime.errors import SlmflowError
@@ -25,6 +26,9 @@ _DONE = object()
 
 
 class ModelWorker:
+    """A one-thread queue in front of a model. ``run`` and ``stream`` are for async callers (the
+    server), ``submit`` for threads; all three share the thread and the ``max_queue`` bound."""
+
     def __init__(self, name: str, max_queue: int) -> None:
         self.name = name
         self.max_queue = max_queue
@@ -43,8 +47,8 @@ class ModelWorker:
         with self._lock:
             self._waiting -= 1
 
-    async def run(self, job: Callable[[], Any]) -> Any:
-        """Run ``job`` on the model's thread and return its result."""
+    def submit(self, job: Callable[[], Any]) -> Future:
+        """Queue ``job`` on the model's thread; its future holds the result."""
         self._admit()
 
         def task():
@@ -53,7 +57,11 @@ class ModelWorker:
             finally:
                 self._leave()
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, task)
+        return self._executor.submit(task)
+
+    async def run(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the model's thread and return its result."""
+        return await asyncio.wrap_future(self.submit(job))
 
     async def stream(self, start: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
         """Run ``start()`` on the model's thread, then its iterator, handing items over as they come.
@@ -75,6 +83,9 @@ class ModelWorker:
                 started.set_exception(error) if error else started.set_result(None)
 
         def task() -> None:
+            if cancelled.is_set():  # the client left while the request waited: no work for nobody
+                self._leave()
+                return
             try:
                 iterator = start()
                 loop.call_soon_threadsafe(settle, None)
@@ -95,7 +106,11 @@ class ModelWorker:
                 self._leave()
 
         loop.run_in_executor(self._executor, task)
-        await started
+        try:
+            await started
+        except asyncio.CancelledError:  # the request was dropped before its turn came
+            cancelled.set()
+            raise
         return _drain(queue, cancelled)
 
 
