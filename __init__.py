@@ -5,7 +5,9 @@ The public entry points live in :mod:`slmflow.runtime`; they are re-exported her
 """
 
 from slmflow.runtime import (
+    GenerateOptions,
     GenerationResult,
+    GenerativeModel,
     Message,
     Response,
     SamplingParams,
@@ -17,7 +19,9 @@ from slmflow.runtime import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GenerateOptions",
     "GenerationResult",
+    "GenerativeModel",
     "Message",
     "Response",
     "SamplingParams",

@@ -15,6 +15,7 @@ from functools import wraps
 import click
 from rich.console import Console
 from rich.table import Table
+from slmflow.progress_bars import index_progress_bar
 from slmflow.runtime import SamplingParams, SlmflowError, load_model
 from slmflow.runtime.messages import Message
 
@@ -209,7 +210,9 @@ def index_command(folder: str, index_dir: str | None, index_url: str | None, inc
     from slmflow.tools.rag.index import DocumentIndex
 
     index = DocumentIndex(folder, index_dir, index_url=index_url)
-    _print_index_stats(index.update(include=list(include) or None, ocr=not no_ocr))
+    with index_progress_bar() as shown:
+        stats = index.update(include=list(include) or None, ocr=not no_ocr, on_progress=shown)
+    _print_index_stats(stats)
     err_console.print(f"[dim]index: {index.location}[/]", highlight=False)
 
 
@@ -263,9 +266,8 @@ def assistant_command(question, images, docs_folder, thread, max_steps) -> None:
     from slmflow.graphs.assistant import AssistantGraph
 
     assistant = AssistantGraph(docs_folder=docs_folder)
-    if docs_folder is not None:
-        assistant.docs_qa(progress=True)  # index now, with progress, rather than inside the first request
-    graph = assistant.build(checkpointer=_checkpointer(thread))
+    with index_progress_bar(shown=docs_folder is not None) as shown:
+        graph = assistant.build(checkpointer=_checkpointer(thread), on_progress=shown)
     _converse(graph, lambda q: {"messages": [("user", q)], "images": list(images)}, question, thread, max_steps)
 
 
@@ -310,7 +312,8 @@ def docs_qa_command(folder, question, as_json, model_spec, k, pick, index_dir, i
 
     qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None, index_url=index_url,
                 pick=pick)
-    stats = qa.index.update(include=qa.include, ocr=not no_ocr, progress=not as_json)
+    with index_progress_bar(shown=not as_json) as shown:
+        stats = qa.index.update(include=qa.include, ocr=not no_ocr, on_progress=shown)
     if not as_json:
         _print_index_stats(stats)
     if qa.index.count() == 0:

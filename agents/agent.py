@@ -23,6 +23,7 @@ from slmflow.runtime import Model, SamplingParams, load_model
 from slmflow.runtime.errors import PromptError
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import Message, as_messages, drop_oldest_turns
+from slmflow.runtime.queued import queued
 from slmflow.runtime.tool_calling import (
     CALL_OPEN,
     ToolCall,
@@ -98,7 +99,8 @@ class Agent:
         """``tool_selector``: who decides, under ``tool_choice="auto"``, whether a user message gets a
         tool call: "default" is the embedding selector (runtime/tool_selection.py), None the model alone.
         """
-        self.model = load_model(model, role=None if model is not None else role)
+        # Through its worker: an agent in any thread shares the model with every other caller.
+        self.model = queued(load_model(model, role=None if model is not None else role))
         self.system = system
         self.registry = ToolRegistry(tools, allow_mutating=allow_mutating_tools)
         self.output_type = output_type

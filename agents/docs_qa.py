@@ -47,9 +47,10 @@ from slmflow.agents.polar import YES_THRESHOLD, PolarFeatures, polar_features
 from slmflow.runtime import load_model
 from slmflow.runtime.constraints import Quote, QuoteSpan, Regex
 from slmflow.runtime.messages import Message
+from slmflow.runtime.queued import queued
 from slmflow.tools.rag.chunking import place_label
 from slmflow.tools.rag.evidence import Evidence
-from slmflow.tools.rag.index import DocumentIndex
+from slmflow.tools.rag.index import DocumentIndex, OnIndexProgress
 from slmflow.tools.rag.retrieval import Hit, Retriever
 
 NOT_FOUND = "The documents do not say."
@@ -158,7 +159,7 @@ class DocsQA:
                  include: list[str] | None = None, index_url: str | None = None, pick: Picker = "rule") -> None:
         self.index = DocumentIndex(folder, index_dir, index_url=index_url)
         self.include = include
-        self.model = load_model(model, role=None if model is not None else "mini")
+        self.model = queued(load_model(model, role=None if model is not None else "mini"))  # via its worker
         self.k = k
         self.max_tokens = max_tokens
         self.context_tokens = context_tokens
@@ -166,9 +167,10 @@ class DocsQA:
         self._retriever: Retriever | None = None
         self._stems: dict[str, set[str]] = {}
 
-    def update_index(self, progress: bool = True):
-        """Index new and changed files (see tools/rag/index.py); the retriever reopens afterwards."""
-        stats = self.index.update(include=self.include, progress=progress)
+    def update_index(self, on_progress: OnIndexProgress | None = None):
+        """Index new and changed files (see tools/rag/index.py), telling ``on_progress`` how it
+        goes; the retriever reopens afterwards."""
+        stats = self.index.update(include=self.include, on_progress=on_progress)
         self._retriever = None
         return stats
 

@@ -41,10 +41,12 @@ from slmflow.runtime.constraints import Choice
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import as_messages, drop_oldest_turns
 from slmflow.runtime.protocol import GenerativeModel
+from slmflow.runtime.queued import queued
 from slmflow.runtime.tool_calling import ToolCall
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.runtime.vision import load_images
 from slmflow.tools import Tool, calculator, current_time
+from slmflow.tools.rag.index import OnIndexProgress
 from typing_extensions import TypedDict
 
 ROUTES = ["chat", "tools", "docs", "reasoning"]
@@ -248,18 +250,19 @@ class AssistantGraph:
             self._selector = ToolSelector()
         return self._selector
 
-    def docs_qa(self, progress: bool = False):
-        """The docs-qa agent over ``docs_folder``, its index brought up to date on first use (the
-        CLI calls this up front, with a progress bar, so the first request does not wait silently)."""
+    def docs_qa(self, on_progress: OnIndexProgress | None = None):
+        """The docs-qa agent over ``docs_folder``, its index brought up to date the first time it is
+        asked for: by :meth:`build`, so no node of a running graph indexes a folder."""
         from slmflow.agents.docs_qa import DocsQA
 
         if self._docs is None:
             self._docs = DocsQA(self.docs_folder, self._model("mini"))
-            self._docs.update_index(progress=progress)
+            self._docs.update_index(on_progress=on_progress)
         return self._docs
 
     def _model(self, role: str) -> GenerativeModel:
-        return self.models[role] if role in self.models else load_model(role=role)
+        """The role's model, seen through its worker (runtime/queued.py), as every node uses it."""
+        return queued(self.models[role] if role in self.models else load_model(role=role))
 
     def pick(self, state: AssistantState) -> Literal["mini", "moe", "docs"]:
         """The node after route: reasoning goes to moe, unless a read-only tool fits it (the
@@ -392,7 +395,11 @@ class AssistantGraph:
         graph.add_edge("approve", "tools")
         graph.add_edge("tools", "mini")
 
-    def build(self, checkpointer: Any = None):
+    def build(self, checkpointer: Any = None, on_progress: OnIndexProgress | None = None):
+        """The router graph. The docs folder, if any, is indexed here, before the first request
+        (``on_progress`` is told how it goes), rather than inside the first route decision."""
+        if self.docs_folder is not None:
+            self.docs_qa(on_progress)
         graph = StateGraph(AssistantState)
         for name in ("plan", "vision", "route", "moe", "docs"):
             graph.add_node(name, getattr(self, name))

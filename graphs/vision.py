@@ -23,7 +23,7 @@ def read_image(path: str | Path) -> tuple[str, object, Usage | None, str]:
         from slmflow.runtime.vision import load_vision_model
 
         model = load_vision_model(configured)
-        response = model.generate(READ_PROMPT, [path])
+        response = model.generate(READ_PROMPT, images=[path])
         return response.text(), model, response.result().usage, "vision model"
     from slmflow.tools.rag.ocr import ocr_image
 

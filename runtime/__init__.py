@@ -8,11 +8,15 @@ from slmflow.runtime.errors import SlmflowError
 from slmflow.runtime.loop import GenerationResult, Response, Usage
 from slmflow.runtime.messages import Message
 from slmflow.runtime.model import Model, load_model
+from slmflow.runtime.options import GenerateOptions
+from slmflow.runtime.protocol import GenerativeModel
 from slmflow.runtime.sampling import SamplingParams, filtered_probs
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
 
 __all__ = [
+    "GenerateOptions",
     "GenerationResult",
+    "GenerativeModel",
     "Message",
     "Model",
     "ModelSpec",

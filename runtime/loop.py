@@ -11,12 +11,14 @@ import logging
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from typing import Literal
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel
 from slmflow.runtime.backends.base import Sequence
 from slmflow.runtime.constraints import ConstraintMatcher
+from slmflow.runtime.options import GenerateOptions
 from slmflow.runtime.prefix_cache import CacheStats
 from slmflow.runtime.sampling import Sampler
 from slmflow.runtime.speculation import PromptLookup
@@ -24,6 +26,8 @@ from slmflow.runtime.stopping import LoopDetector, StopStringMatcher
 from slmflow.runtime.tokenizer import ChatTokenizer, IncrementalDetokenizer
 
 log = logging.getLogger("slmflow")
+T = TypeVar("T")
+R = TypeVar("R")
 
 FinishReason = Literal["stop", "length"]
 
@@ -41,6 +45,19 @@ class Usage(BaseModel):
     time_to_first_token_s: float
     decode_tokens_per_s: float
     total_s: float
+
+    @classmethod
+    def timed(cls, prompt_tokens: int, completion_tokens: int, start: float, first: float | None,
+              end: float, **counts: int) -> Usage:
+        """The usage of one generation from its clock readings (``first``: when the first token
+        came, None if none did), the decode rate over the tokens after the first; every kind of
+        model reports it this way, local or behind an endpoint."""
+        first = first or end
+        decode = end - first
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   time_to_first_token_s=first - start, total_s=end - start,
+                   decode_tokens_per_s=(completion_tokens - 1) / decode
+                   if completion_tokens > 1 and decode > 0 else 0.0, **counts)
 
     @classmethod
     def combined(cls, usages: Seq[Usage]) -> Usage:
@@ -99,7 +116,7 @@ def decode_tokens(
     that is not is replaced by the model's choice there. The output is the one greedy decoding
     gives, on backends whose wide and one-token passes agree (``batch_invariant``).
     """
-    feed_on_device = getattr(seq, "extend_on_device", None)
+    feed_on_device = seq.extend_on_device if seq.feeds_on_device else None
     produced = 0
     while True:
         if matcher is not None:
@@ -163,39 +180,55 @@ def _accept_draft(rows: torch.Tensor, draft: list[int], matcher: ConstraintMatch
     return len(draft), rows[len(draft)], False
 
 
-def run_generation(
-    seq: Sequence,
-    prompt_ids: list[int],
-    cached: int,
-    tokenizer: ChatTokenizer,
-    sampler: Sampler,
-    max_tokens: int,
-    stop: Seq[str],
-    model_name: str,
-    path: list[int],
-    matcher: ConstraintMatcher | None = None,
-    jump_forward: bool = True,
-    loops: LoopDetector | None = None,
-    drafter: PromptLookup | None = None,
-) -> Iterator[str]:
+@dataclass(frozen=True)
+class Decoding:
+    """How one generation decodes, checked and ready: what the loop needs beyond the sequence,
+    the prompt and the sampler. Models build it from the caller's
+    :class:`~slmflow.runtime.protocol.GenerateOptions`."""
+
+    max_tokens: int
+    model_name: str
+    stop: Seq[str] = ()
+    matcher: ConstraintMatcher | None = None
+    jump_forward: bool = True
+    loops: LoopDetector | None = None
+    drafter: PromptLookup | None = None
+
+    @classmethod
+    def local(cls, options: GenerateOptions, max_tokens: int, model_name: str, matcher: ConstraintMatcher | None,
+              prompt_ids: Seq[int], batch_invariant: bool) -> Decoding:
+        """How a local model decodes ``options``: loop detection when asked, and prompt-lookup
+        speculation for greedy decoding without penalties only where a wide pass computes what
+        one-token passes would (``Backend.batch_invariant``); elsewhere (int4 onnxruntime-genai) a
+        verified guess can flip a near-tie and change the output."""
+        sampling = options.sampler_params
+        exact = sampling.greedy and not sampling.penalised and batch_invariant
+        return cls(max_tokens=max_tokens, model_name=model_name, stop=tuple(options.stop), matcher=matcher,
+                   jump_forward=options.jump_forward, loops=LoopDetector() if options.stop_on_loops else None,
+                   drafter=PromptLookup(prompt_ids) if options.speculate and exact else None)
+
+
+def run_generation(seq: Sequence, prompt_ids: list[int], cached: int, tokenizer: ChatTokenizer, sampler: Sampler,
+                   decoding: Decoding, path: list[int]) -> Iterator[str]:
     """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
 
     ``seq`` already holds ``prompt_ids[:cached]``; only the rest is prefilled. Every sampled token
     is appended to ``path`` as it is chosen, so a caller that keeps ``seq`` knows which tokens its
-    KV holds even when the consumer abandons the stream midway. With ``loops``, generation stops
-    (finish "stop", one log line) once the output repeats itself (see :class:`LoopDetector`) and,
-    under a constraint, is complete.
+    KV holds even when the consumer abandons the stream midway. With ``decoding.loops``,
+    generation stops (finish "stop", one log line) once the output repeats itself (see
+    :class:`LoopDetector`) and, under a constraint, is complete.
     """
     start = time.perf_counter()
+    matcher, loops, drafter = decoding.matcher, decoding.loops, decoding.drafter
     logits = prefill(seq, prompt_ids[cached:])
     detok = IncrementalDetokenizer(tokenizer)
-    stopper = StopStringMatcher(stop)
+    stopper = StopStringMatcher(decoding.stop)
     pieces: list[str] = []
     first_token_at = None
     finish: FinishReason = "length"
     n_forced = 0
-    steps = decode_tokens(seq, logits, sampler, max_tokens, tokenizer.eos_token_ids, matcher, jump_forward,
-                          drafter)
+    steps = decode_tokens(seq, logits, sampler, decoding.max_tokens, tokenizer.eos_token_ids, matcher,
+                          decoding.jump_forward, drafter)
     for token, forced in steps:
         if first_token_at is None:
             first_token_at = time.perf_counter()
@@ -213,7 +246,7 @@ def run_generation(
             finish = "stop"
             break
         if loops is not None and loops.feed(token) and (matcher is None or matcher.accepting):
-            log.info("%s: stopped a loop (a %d-token block repeating) after %d tokens", model_name,
+            log.info("%s: stopped a loop (a %d-token block repeating) after %d tokens", decoding.model_name,
                      loops.period, len(detok.ids))
             finish = "stop"
             break
@@ -224,54 +257,64 @@ def run_generation(
     if tail:
         pieces.append(tail)
         yield tail
-    end = time.perf_counter()
-    first_token_at = first_token_at or end
-    n = len(detok.ids)
-    decode_time = end - first_token_at
-    usage = Usage(
-        prompt_tokens=len(prompt_ids),
-        completion_tokens=n,
-        cached_tokens=cached,
-        forced_tokens=n_forced,
-        speculated_tokens=drafter.accepted if drafter is not None else 0,
-        time_to_first_token_s=first_token_at - start,
-        decode_tokens_per_s=(n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0,
-        total_s=end - start,
-    )
-    return GenerationResult(
-        text="".join(pieces), token_ids=list(detok.ids), finish_reason=finish, usage=usage, model=model_name
-    )
+    usage = Usage.timed(len(prompt_ids), len(detok.ids), start, first_token_at, time.perf_counter(),
+                        cached_tokens=cached, forced_tokens=n_forced,
+                        speculated_tokens=drafter.accepted if drafter is not None else 0)
+    return GenerationResult(text="".join(pieces), token_ids=list(detok.ids), finish_reason=finish, usage=usage,
+                            model=decoding.model_name)
 
 
-class Response:
+class Stream(Generic[T, R]):
+    """A lazy generator of items with a return value: iterate it for the items, ``value()`` for
+    what the generator returned. Nothing runs until the first iteration; iterating twice replays
+    the items. The one place a generator's return value is read (``StopIteration.value``)."""
+
+    def __init__(self, stream: Iterator[T]) -> None:
+        self._stream = stream
+        self._items: list[T] = []
+        self._done = False
+        self._value: R | None = None
+
+    def __iter__(self) -> Iterator[T]:
+        if self._done:
+            yield from self._items
+            return
+        while True:
+            try:
+                item = next(self._stream)
+            except StopIteration as done:
+                self._value, self._done = done.value, True
+                return
+            self._items.append(item)
+            yield item
+
+    def value(self) -> R:
+        """The generator's return value, running it to the end first."""
+        for _ in self:
+            pass
+        return self._value  # type: ignore[return-value]
+
+    @property
+    def items(self) -> list[T]:
+        """What was yielded so far (all of it after ``value()``)."""
+        return self._items
+
+
+def drain(stream: Iterator[T]) -> tuple[list[T], R]:
+    """Run ``stream`` to its end: what it yielded, and what it returned."""
+    whole: Stream[T, R] = Stream(stream)
+    value = whole.value()
+    return whole.items, value
+
+
+class Response(Stream[str, GenerationResult]):
     """A lazy, iterable generation: iterate for text deltas, or ask for the whole result.
 
     Nothing runs until the first iteration or ``result()``; iterating twice replays the text.
     """
 
-    def __init__(self, stream: Iterator[str]) -> None:
-        self._stream = stream
-        self._chunks: list[str] = []
-        self._result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        if self._result is not None:
-            yield from self._chunks
-            return
-        while True:
-            try:
-                delta = next(self._stream)
-            except StopIteration as done:
-                self._result = done.value
-                return
-            self._chunks.append(delta)
-            yield delta
-
     def result(self) -> GenerationResult:
-        for _ in self:
-            pass
-        assert self._result is not None
-        return self._result
+        return self.value()
 
     def text(self) -> str:
         return self.result().text

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+from slmflow.runtime.errors import PromptError
 
 
 class Message(BaseModel):
@@ -18,6 +19,26 @@ class Message(BaseModel):
 def as_messages(items) -> list[Message]:
     """Accept Message objects or plain ``{"role": ..., "content": ...}`` dicts."""
     return [m if isinstance(m, Message) else Message.model_validate(m) for m in items]
+
+
+def prompt_messages(prompt, system: str | None = None) -> list[Message]:
+    """A prompt as chat messages, the same way for every kind of model: a string is one user turn,
+    messages (or dicts) are taken as they are, ``system`` goes first. Empty prompts are refused
+    here, before any model sees them. Token ids are a local model's business (Model.prompt_ids)."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise PromptError("the prompt is empty", "pass a non-empty prompt")
+        messages = [Message(role="user", content=prompt)]
+    else:
+        messages = as_messages(prompt)
+    if not messages:
+        raise PromptError("the prompt has no messages", "pass a non-empty prompt")
+    return [Message(role="system", content=system), *messages] if system is not None else messages
+
+
+def is_token_ids(prompt) -> bool:
+    """Whether a prompt is a list of token ids (what a local model takes ready-made)."""
+    return not isinstance(prompt, str) and bool(prompt) and all(isinstance(t, int) for t in prompt)
 
 
 def drop_oldest_turns(messages: list[Message], fits: Callable[[list[Message]], bool]) -> tuple[int, bool]:

@@ -12,33 +12,37 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel
 from slmflow.runtime import embedded
 from slmflow.runtime.backends.base import Backend
 from slmflow.runtime.config import spec_for_role
 from slmflow.runtime.constraints import (
-    Constraint,
     ConstraintEngine,
     JsonSchema,
     parse_output,
 )
 from slmflow.runtime.endpoints.base import EndpointModel
 from slmflow.runtime.errors import BackendUnavailableError, PromptError
-from slmflow.runtime.loop import Response, run_generation
-from slmflow.runtime.messages import Message, as_messages
+from slmflow.runtime.loop import Decoding, Response, run_generation
+from slmflow.runtime.messages import Message, is_token_ids, prompt_messages
+from slmflow.runtime.options import GenerateOptions
 from slmflow.runtime.prefix_cache import (
     CacheBudget,
     CachedState,
     PrefixCache,
     common_prefix,
 )
-from slmflow.runtime.protocol import GenerativeModel
+from slmflow.runtime.protocol import GenerativeModel, ModelView
 from slmflow.runtime.registry import REGISTRY
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import ModelSpec, SpecKind, parse_spec
-from slmflow.runtime.speculation import PromptLookup
-from slmflow.runtime.stopping import LoopDetector
-from slmflow.runtime.tool_calling import tool_prompt
+from slmflow.runtime.tokenizer import ChatTokenizer
+from slmflow.runtime.tool_calling import (
+    ToolChoice,
+    ToolSpec,
+    ToolTurn,
+    local_tool_turn,
+    tool_prompt,
+)
 
 Prompt = str | Seq[Message] | Seq[dict] | Seq[int]
 
@@ -60,18 +64,11 @@ class Model:
         return self.backend.context_length
 
     def prompt_ids(self, prompt: Prompt, system: str | None = None) -> list[int]:
-        """Token ids for a prompt: a string is one user turn, messages go through the chat template,
-        and a list of ints is taken as ready token ids."""
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise PromptError("the prompt is empty", "pass a non-empty prompt")
-            prompt = [Message(role="user", content=prompt)]
-        elif prompt and all(isinstance(t, int) for t in prompt):
+        """Token ids for a prompt: a list of ints is taken as ready token ids, anything else becomes
+        chat messages (runtime/messages.py) and goes through the model's chat template."""
+        if is_token_ids(prompt):
             return list(prompt)
-        messages = as_messages(prompt)
-        if system is not None:
-            messages = [Message(role="system", content=system), *messages]
-        return self.tokenizer.apply_chat_template(messages)
+        return self.tokenizer.apply_chat_template(prompt_messages(prompt, system))
 
     def fit(self, ids: list[int], max_tokens: int) -> int:
         """Check the prompt against the context window; return the number of tokens there is room for."""
@@ -97,21 +94,9 @@ class Model:
         """The constraint engine for this model's tokenizer (built on first use, ~0.3 s)."""
         return ConstraintEngine(self.tokenizer.hf, self.backend.vocab_size, self.tokenizer.eos_token_ids)
 
-    def generate(
-        self,
-        prompt: Prompt,
-        *,
-        max_tokens: int = 256,
-        sampling: SamplingParams | None = None,
-        stop: Seq[str] = (),
-        system: str | None = None,
-        constraint: Constraint | None = None,
-        output: type[BaseModel] | None = None,
-        jump_forward: bool = True,
-        stop_on_loops: bool = True,
-        speculate: bool = True,
-    ):
-        """Generate a reply, reusing any cached prefix.
+    def generate(self, prompt: Prompt, options: GenerateOptions | None = None, **fields):
+        """Generate a reply, reusing any cached prefix; ``options`` (or the same as keywords) are
+        :class:`~slmflow.runtime.protocol.GenerateOptions`.
 
         Returns a :class:`Response` that streams when iterated; with ``output=SomeModel``, the
         reply is generated under that model's JSON Schema and returned as a validated instance.
@@ -123,55 +108,48 @@ class Model:
         prompt several per forward pass (prompt lookup, runtime/speculation.py), on backends whose
         wide and one-token passes agree (``batch_invariant``), so the output is the same.
         """
-        ids = self.prompt_ids(prompt, system)
-        run = _Run(self.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
-                   self._matcher(constraint, output), stop_on_loops, speculate)
-        response = Response(self._pooled(ids, run))
-        return response if output is None else parse_output(output, response.text())
+        opts = GenerateOptions.of(options, fields)
+        ids = self.prompt_ids(prompt, opts.system)
+        response = Response(self._pooled(ids, opts, self.decoding(ids, opts)))
+        return response if opts.output is None else parse_output(opts.output, response.text())
 
-    def _matcher(self, constraint: Constraint | None, output: type[BaseModel] | None):
-        if output is not None:
-            constraint = JsonSchema(output)
-        return self.constraints.matcher(constraint) if constraint is not None else None
+    def tool_turn(self, messages: Seq[Message | dict], tools: Seq[ToolSpec], tool_choice: ToolChoice = "auto",
+                  parallel: bool = False, max_tokens: int = 512, sampling: SamplingParams | None = None, *,
+                  callable_tools: Seq[ToolSpec] | None = None) -> ToolTurn:
+        """One turn held to the tool-call grammar (runtime/tool_calling.py): words, or calls to
+        ``callable_tools`` (default: ``tools``, which are what the prompt shows)."""
+        return local_tool_turn(self, messages, tools, tool_choice, parallel, max_tokens, sampling,
+                               callable_tools=callable_tools)
 
-    def _pooled(self, ids, run: _Run) -> Iterator[str]:
-        state, cached = self.cache.acquire(ids, needed=len(ids) + run.max_tokens)
+    def decoding(self, ids: list[int], opts: GenerateOptions) -> Decoding:
+        """The checked decoding plan for ``ids`` under ``opts``: the room left in the window, the
+        constraint as a token matcher (a bad one fails here), loop stop and speculation."""
+        if opts.images:
+            raise PromptError(f"{self.spec} is a text model and takes no images",
+                              "send images to the vision role's model (roles.vision in slmflow.toml)")
+        constraint = JsonSchema(opts.output) if opts.output is not None else opts.constraint
+        matcher = self.constraints.matcher(constraint) if constraint is not None else None
+        return Decoding.local(opts, self.fit(ids, opts.max_tokens), str(self.spec), matcher, ids,
+                              self.backend.batch_invariant)
+
+    def _pooled(self, ids, opts: GenerateOptions, decoding: Decoding) -> Iterator[str]:
+        state, cached = self.cache.acquire(ids, needed=len(ids) + decoding.max_tokens)
         path = list(ids)
         try:
-            result = yield from self._stream(state, cached, ids, run, path)
+            result = yield from self._stream(state, cached, ids, opts, decoding, path)
         finally:
             self.cache.release(state, path, prompt_len=len(ids))
         result.cache = self.cache.stats.model_copy()
         return result
 
-    def _stream(self, state: CachedState, cached: int, ids, run: _Run, path) -> Iterator[str]:
-        sampler = Sampler(run.sampling, self.backend.vocab_size, ids, self.backend.device)
-        loops = LoopDetector() if run.stop_on_loops else None
-        # Only where a wide pass computes what one-token passes would (see Backend.batch_invariant):
-        # elsewhere (int4 onnxruntime-genai) a verified guess can flip a near-tie and change the output.
-        exact = run.sampling.greedy and not run.sampling.penalised and self.backend.batch_invariant
-        drafter = PromptLookup(ids) if run.speculate and exact else None
-        return (yield from run_generation(
-            state.seq, ids, cached, self.tokenizer, sampler, run.max_tokens, run.stop, str(self.spec), path,
-            run.matcher, run.jump_forward, loops, drafter,
-        ))
+    def _stream(self, state: CachedState, cached: int, ids, opts: GenerateOptions, decoding: Decoding,
+                path) -> Iterator[str]:
+        sampler = Sampler(opts.sampler_params, self.backend.vocab_size, ids, self.backend.device)
+        return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path))
 
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""
         return Session(self)
-
-
-@dataclass(frozen=True)
-class _Run:
-    """The per-call options of one generation, checked and ready."""
-
-    max_tokens: int
-    sampling: SamplingParams
-    stop: Seq[str]
-    jump_forward: bool
-    matcher: object | None
-    stop_on_loops: bool
-    speculate: bool
 
 
 @dataclass(frozen=True)
@@ -184,7 +162,7 @@ class Snapshot:
     state: CachedState | None
 
 
-class Session:
+class Session(ModelView):
     """A token sequence pinned to one KV state.
 
     ``generate`` continues the session: with a prompt, it becomes the new token sequence (the part
@@ -197,26 +175,25 @@ class Session:
         self.tokens: list[int] = []
         self._state = CachedState(model.backend.new_sequence(model.context_length))
 
-    def generate(
-        self,
-        prompt: Prompt | None = None,
-        *,
-        max_tokens: int = 256,
-        sampling: SamplingParams | None = None,
-        stop: Seq[str] = (),
-        system: str | None = None,
-        constraint: Constraint | None = None,
-        jump_forward: bool = True,
-        stop_on_loops: bool = True,
-        speculate: bool = True,
-    ) -> Response:
-        """Continue the session (see the class docstring); options as in :meth:`Model.generate`."""
-        ids = list(self.tokens) if prompt is None else self.model.prompt_ids(prompt, system)
-        run = _Run(self.model.fit(ids, max_tokens), sampling or SamplingParams(), stop, jump_forward,
-                   self.model._matcher(constraint, None), stop_on_loops, speculate)
-        return Response(self._run(ids, run))
+    @property
+    def tokenizer(self) -> ChatTokenizer:
+        return self.model.tokenizer
 
-    def _run(self, ids, run: _Run) -> Iterator[str]:
+    def generate(self, prompt: Prompt | None = None, options: GenerateOptions | None = None, **fields):
+        """Continue the session (see the class docstring); options as in :meth:`Model.generate`."""
+        opts = GenerateOptions.of(options, fields)
+        ids = list(self.tokens) if prompt is None else self.model.prompt_ids(prompt, opts.system)
+        response = Response(self._run(ids, opts, self.model.decoding(ids, opts)))
+        return response if opts.output is None else parse_output(opts.output, response.text())
+
+    def tool_turn(self, messages: Seq[Message | dict], tools: Seq[ToolSpec], tool_choice: ToolChoice = "auto",
+                  parallel: bool = False, max_tokens: int = 512, sampling: SamplingParams | None = None, *,
+                  callable_tools: Seq[ToolSpec] | None = None) -> ToolTurn:
+        """A tool turn that continues the session (its KV reused where the prompt shares it)."""
+        return local_tool_turn(self, messages, tools, tool_choice, parallel, max_tokens, sampling,
+                               callable_tools=callable_tools)
+
+    def _run(self, ids, opts: GenerateOptions, decoding: Decoding) -> Iterator[str]:
         cache = self.model.cache
         cached = cache.reusable(self._state, ids)
         self._state.truncate(cached)
@@ -224,7 +201,7 @@ class Session:
         cache.stats.tokens_prefilled += len(ids) - cached
         path = list(ids)
         try:
-            result = yield from self.model._stream(self._state, cached, ids, run, path)
+            result = yield from self.model._stream(self._state, cached, ids, opts, decoding, path)
         finally:
             self.tokens = path
             self._state.record(path, len(ids), self.model.backend.batch_invariant)

@@ -348,10 +348,19 @@ def generate_with_tools(
     callable_tools = allowed if tool_choice == "required" else list(tools)
     if tool_choice != "none":  # an answer in words calls nothing: no arguments to narrow
         callable_tools = [narrowed(t, messages) for t in callable_tools]
-    if hasattr(model, "tool_turn"):  # an endpoint model: the server enforces the choice
-        turn = model.tool_turn(messages, callable_tools, tool_choice, parallel, max_tokens, sampling)
-        return turn.model_copy(update={"selection": selection})
-    grammar = tool_call_grammar(callable_tools, tool_choice, parallel)
+    turn = model.tool_turn(messages, tools, tool_choice, parallel, max_tokens, sampling, callable_tools=callable_tools)
+    return turn.model_copy(update={"selection": selection})
+
+
+def local_tool_turn(model, messages, tools: Sequence[ToolSpec], tool_choice: ToolChoice = "auto",
+                    parallel: bool = False, max_tokens: int = 512, sampling: SamplingParams | None = None, *,
+                    callable_tools: Sequence[ToolSpec] | None = None) -> ToolTurn:
+    """A local model's tool turn (``model`` has ``tokenizer``, ``context_length`` and a
+    ``generate`` that takes token ids): ``tools`` shown in the prompt, the reply held to the call
+    grammar over ``callable_tools`` (default: ``tools``) for ``tool_choice``, and a turn in words after
+    tool results to copying from them (:func:`answer_after_tools`)."""
+    messages = as_messages(messages)
+    grammar = tool_call_grammar(tools if callable_tools is None else callable_tools, tool_choice, parallel)
     after_tools = answer_after_tools(messages) if tool_choice == "none" else None
     if after_tools is not None:  # else the plain words rule above stands
         grammar = after_tools
@@ -363,5 +372,4 @@ def generate_with_tools(
     stop = (CALL_OPEN,) if grammar.text.startswith("start: text\n") else ()
     result = model.generate(ids, constraint=grammar, max_tokens=max_tokens, sampling=sampling, stop=stop).result()
     calls = parse_tool_calls(result.text)
-    return ToolTurn(text="" if calls else result.text, tool_calls=calls, raw=result.text, result=result,
-                    selection=selection)
+    return ToolTurn(text="" if calls else result.text, tool_calls=calls, raw=result.text, result=result)

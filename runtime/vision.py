@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -19,13 +20,16 @@ from slmflow.runtime.backends.transformers_backend import (
     TransformersSequence,
     default_device,
 )
+from slmflow.runtime.constraints import ConstraintEngine, JsonSchema, parse_output
 from slmflow.runtime.errors import BackendUnavailableError, ModelLoadError, PromptError
-from slmflow.runtime.loop import Response, run_generation
-from slmflow.runtime.messages import Message
+from slmflow.runtime.loop import Decoding, Response, run_generation
+from slmflow.runtime.messages import Message, is_token_ids, prompt_messages
+from slmflow.runtime.options import GenerateOptions
 from slmflow.runtime.registry import REGISTRY
 from slmflow.runtime.sampling import Sampler, SamplingParams
 from slmflow.runtime.specs import SpecKind, parse_spec
 from slmflow.runtime.tokenizer import ChatTokenizer
+from slmflow.runtime.tool_calling import ToolChoice, ToolSpec, ToolTurn, local_tool_turn, tool_prompt
 
 # onnxruntime-genai model types whose processor expands "<|image_N|>" tags (Phi-3.5-vision's layout:
 # a vision, an embedding and a text ONNX session).
@@ -59,7 +63,76 @@ def load_images(paths: Sequence[str | Path]) -> list[Image.Image]:
     return images
 
 
-class VisionModel:
+class _ImageTextModel:
+    """What both vision kinds share: the one ``generate`` / ``tool_turn`` / ``count_tokens`` of
+    every model (runtime/protocol.py) over our loop, with constraints, stop strings and loop stop
+    as for text models. A subclass turns messages and pictures into prompt ids and a sequence
+    whose first ``extend`` carries the pixels (``_image_prompt``), and token ids into a plain
+    sequence (``_text_sequence``). Each call starts a fresh KV sequence: image prompts are not
+    prefix-cached."""
+
+    spec: str
+    tokenizer: ChatTokenizer
+    vocab_size: int
+    context_length: int
+
+    @cached_property
+    def constraints(self) -> ConstraintEngine:
+        return ConstraintEngine(self.tokenizer.hf, self.vocab_size, self.tokenizer.eos_token_ids)
+
+    def generate(self, prompt, options: GenerateOptions | None = None, **fields):
+        """A reply about ``images`` (none, one or more), streamed like any text model's; options
+        as in :meth:`~slmflow.runtime.model.Model.generate` (no prompt-lookup speculation: the
+        image prefill is not batch-invariant)."""
+        opts = GenerateOptions.of(options, fields)
+        if is_token_ids(prompt) and opts.images:
+            raise PromptError("a prompt of token ids cannot carry images", "pass text or chat messages")
+        if opts.images:
+            ids, new_sequence = self._image_prompt(prompt_messages(prompt, opts.system), load_images(opts.images))
+        else:  # text alone: the text model's template, as count_tokens and tool turns see it
+            ids = list(prompt) if is_token_ids(prompt) else \
+                self.tokenizer.apply_chat_template(prompt_messages(prompt, opts.system))
+            new_sequence = self._text_sequence
+        if len(ids) + opts.max_tokens > self.context_length:
+            raise PromptError(
+                f"the prompt with {len(opts.images)} image(s) takes {len(ids)} tokens; with "
+                f"max_tokens={opts.max_tokens} it does not fit the model's context of {self.context_length}",
+                "pass fewer or smaller images, or lower max_tokens")
+        seq = new_sequence(len(ids) + opts.max_tokens)
+        constraint = JsonSchema(opts.output) if opts.output is not None else opts.constraint
+        matcher = self.constraints.matcher(constraint) if constraint is not None else None
+        decoding = Decoding.local(opts, opts.max_tokens, self.spec, matcher, ids, batch_invariant=False)
+        # Image positions are left out of the penalties' history: they are not vocabulary tokens.
+        sampler = Sampler(opts.sampler_params, self.vocab_size, [i for i in ids if 0 <= i < self.vocab_size],
+                          self._device)
+        response = Response(run_generation(seq, ids, 0, self.tokenizer, sampler, decoding, list(ids)))
+        return response if opts.output is None else parse_output(opts.output, response.text())
+
+    def tool_turn(self, messages, tools: Sequence[ToolSpec], tool_choice: ToolChoice = "auto", parallel: bool = False,
+                  max_tokens: int = 512, sampling: SamplingParams | None = None, *,
+                  callable_tools: Sequence[ToolSpec] | None = None) -> ToolTurn:
+        """A tool turn in text (no images), held to the call grammar as a text model's is."""
+        return local_tool_turn(self, messages, tools, tool_choice, parallel, max_tokens, sampling,
+                               callable_tools=callable_tools)
+
+    def count_tokens(self, messages, tools: Sequence = ()) -> int:
+        """The text prompt's length in tokens (images add what their processor expands them to)."""
+        return len(tool_prompt(self, messages, tools))
+
+    @property
+    def _device(self) -> torch.device:
+        raise NotImplementedError
+
+    def _image_prompt(self, messages: list[Message], pictures: list[Image.Image]):
+        """Prompt ids with the pictures' positions, and how to make a sequence of a given capacity
+        whose first ``extend`` carries the pixels."""
+        raise NotImplementedError
+
+    def _text_sequence(self, capacity: int):
+        raise NotImplementedError
+
+
+class VisionModel(_ImageTextModel):
     """An image-text-to-text model from a local Hugging Face folder."""
 
     def __init__(self, folder: str | Path, device: str | None = None) -> None:
@@ -83,22 +156,29 @@ class VisionModel:
             eos_ids.add(self.processor.tokenizer.eos_token_id)
         self.tokenizer = ChatTokenizer(self.processor.tokenizer, sorted(eos_ids))
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.context_length = int(getattr(text_config, "max_position_embeddings", 0) or 4096)
 
-    def generate(self, prompt: str, images: Sequence[str | Path], *, max_tokens: int = 256,
-                 sampling: SamplingParams | None = None) -> Response:
-        """A reply about ``images`` (one or more), streamed like any text model's."""
-        pictures = load_images(images)
-        content = [{"type": "image"} for _ in pictures] + [{"type": "text", "text": prompt}]
-        text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        inputs = self.processor(text=text, images=pictures, return_tensors="pt").to(self.model.device)
+    @property
+    def _device(self) -> torch.device:
+        return self.model.device
+
+    def _image_prompt(self, messages: list[Message], pictures: list[Image.Image]):
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages) - 1)
+        chat = [{"role": m.role, "content": [{"type": "image"} for _ in pictures if i == last_user]
+                 + [{"type": "text", "text": m.content}]} for i, m in enumerate(messages)]
+        text = self.processor.apply_chat_template(chat, add_generation_prompt=True)
+        inputs = self.processor(text=text, images=pictures or None, return_tensors="pt").to(self.model.device)
         ids = inputs.pop("input_ids")[0].tolist()
         inputs.pop("attention_mask", None)
         image_inputs = {k: v.to(self.model.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-        seq = _ImagePrefillSequence(self.model, len(ids) + max_tokens, image_inputs)
-        return _respond(seq, ids, self.tokenizer, self.vocab_size, self.model.device, self.spec, max_tokens, sampling)
+        return ids, lambda capacity: _ImagePrefillSequence(self.model, capacity, image_inputs)
+
+    def _text_sequence(self, capacity: int):
+        return TransformersSequence(self.model, capacity)
 
 
-class OnnxVisionModel:
+class OnnxVisionModel(_ImageTextModel):
     """An onnxruntime-genai folder in Phi-3.5-vision's ONNX layout (genai_config type ``phi3v``),
     such as microsoft/Phi-3.5-vision-instruct-onnx. Images go through onnxruntime-genai's own
     processor (Phi-3.5-vision's HD crops), so the pixels and image-token counts are the ones the
@@ -115,27 +195,28 @@ class OnnxVisionModel:
                 "or to a transformers image-text-to-text folder")
         self.tokenizer = self.backend.tokenizer
         self.spec = str(self.backend.spec)
+        self.vocab_size = self.backend.vocab_size
+        self.context_length = self.backend.context_length
         with self._processor_errors():
             self.processor = self.backend.model.create_multimodal_processor()
 
-    def generate(self, prompt: str, images: Sequence[str | Path], *, max_tokens: int = 256,
-                 sampling: SamplingParams | None = None) -> Response:
-        """A reply about ``images`` (one or more), streamed like any text model's."""
-        pictures = load_images(images)  # a missing or undecodable file fails here, with its name
-        tags = "".join(f"<|image_{i}|>\n" for i in range(1, len(images) + 1))
-        text = self.tokenizer.render_chat([Message(role="user", content=tags + prompt)])
+    @property
+    def _device(self) -> torch.device:
+        return self.backend.device
+
+    def _image_prompt(self, messages: list[Message], pictures: list[Image.Image]):
+        tags = "".join(f"<|image_{i}|>\n" for i in range(1, len(pictures) + 1))
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages) - 1)
+        tagged = [m.model_copy(update={"content": tags + m.content}) if i == last_user else m
+                  for i, m in enumerate(messages)]
+        text = self.tokenizer.render_chat(tagged)
         with self._processor_errors():
             processed = self.processor(text, images=self.backend.images(pictures))
         ids = processed["input_ids"].as_numpy()[0].tolist()  # image positions hold -N for image N
-        context = self.backend.context_length
-        if len(ids) + max_tokens > context:
-            raise PromptError(
-                f"the prompt with {len(images)} image(s) takes {len(ids)} tokens; with max_tokens={max_tokens} "
-                f"it does not fit the model's context of {context}",
-                "pass fewer or smaller images, or lower max_tokens")
-        seq = self.backend.new_sequence(len(ids) + max_tokens, processed)
-        return _respond(seq, ids, self.tokenizer, self.backend.vocab_size, self.backend.device, self.spec,
-                        max_tokens, sampling)
+        return ids, lambda capacity: self.backend.new_sequence(capacity, processed)
+
+    def _text_sequence(self, capacity: int):
+        return self.backend.new_sequence(capacity)
 
     @contextmanager
     def _processor_errors(self) -> Iterator[None]:
@@ -146,15 +227,6 @@ class OnnxVisionModel:
         except RuntimeError as err:
             raise ModelLoadError(f"onnxruntime-genai's image processor for {self.spec} failed: {err}",
                                  "the folder needs the processor_config.json it was exported with") from err
-
-
-def _respond(seq, ids: list[int], tokenizer: ChatTokenizer, vocab_size: int, device, spec: str, max_tokens: int,
-             sampling: SamplingParams | None) -> Response:
-    """The loop over a sequence whose first ``extend`` carries the images. Image positions are
-    left out of the penalties' history: they are not vocabulary tokens."""
-    sampler = Sampler(sampling or SamplingParams(), vocab_size, [i for i in ids if 0 <= i < vocab_size], device)
-    stream: Iterator[str] = run_generation(seq, ids, 0, tokenizer, sampler, max_tokens, (), spec, list(ids))
-    return Response(stream)
 
 
 def load_vision_model(spec: str) -> VisionModel | OnnxVisionModel:

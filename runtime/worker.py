@@ -32,9 +32,24 @@ class ModelWorker:
     def __init__(self, name: str, max_queue: int) -> None:
         self.name = name
         self.max_queue = max_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._thread_id: int | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}",
+                                            initializer=self._mark_thread)
         self._waiting = 0
         self._lock = threading.Lock()
+
+    def _mark_thread(self) -> None:
+        self._thread_id = threading.get_ident()
+
+    def call(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the model's thread and wait for its result: how in-process callers
+        (agents, graph nodes) share the model with served requests. Called from the model's own
+        thread (a job that runs an agent), it runs in place rather than waiting for itself. Not
+        bounded by ``max_queue``: that limit answers HTTP clients, who can retry; a caller in
+        the process waits its turn."""
+        if threading.get_ident() == self._thread_id:
+            return job()
+        return self._executor.submit(job).result()
 
     def _admit(self) -> None:
         with self._lock:

@@ -182,3 +182,15 @@ def build_tiny_llava(folder: Path) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def render_text(path: Path, lines: list[str]) -> Path:
+    """A PNG of ``lines`` in black on white: a page for vision models and OCR to read."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (720, 60 + 50 * len(lines)), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((20, 30 + 50 * i), line, fill="black", font=ImageFont.load_default(size=30))
+    image.save(path)
+    return path

@@ -35,7 +35,8 @@ class NoteTakingModel:
     def generate(self, prompt, **_):
         raise AssertionError("this model only takes tool turns")
 
-    def tool_turn(self, messages, tools, tool_choice="auto", parallel=False, max_tokens=512, sampling=None):
+    def tool_turn(self, messages, tools, tool_choice="auto", parallel=False, max_tokens=512, sampling=None, *,
+                  callable_tools=None):
         self.turns += 1
         if messages[-1].role == "tool" or tool_choice == "none":
             return ToolTurn(text="Both notes are saved.", tool_calls=[], raw="Both notes are saved.",

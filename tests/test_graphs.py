@@ -18,26 +18,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llava, build_tiny_phi3v_onnx, build_tiny_phimoe
+from conftest import (
+    build_tiny_llava,
+    build_tiny_phi3v_onnx,
+    build_tiny_phimoe,
+    render_text,
+)
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from pydantic import BaseModel
 from slmflow.agents.chat_model import SlmflowChatModel, langchain_tool
 from slmflow.graphs.assistant import AssistantGraph, GraphLimits
 from slmflow.runtime import load_model
 from slmflow.runtime.errors import ModelLoadError, PromptError, SlmflowError
 from slmflow.tools import calculator, tool
-
-
-def render_text(path: Path, lines: list[str]) -> Path:
-    image = Image.new("RGB", (720, 60 + 50 * len(lines)), "white")
-    draw = ImageDraw.Draw(image)
-    for i, line in enumerate(lines):
-        draw.text((20, 30 + 50 * i), line, fill="black", font=ImageFont.load_default(size=30))
-    image.save(path)
-    return path
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -135,7 +131,8 @@ def test_vision_model_through_our_loop_matches_transformers_generate(tiny_llava,
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     images = [render_text(tmp_path / "a.png", ["Total 42"]), render_text(tmp_path / "b.png", ["Paid"])]
-    ours = VisionModel(tiny_llava).generate("What do these show?", images, max_tokens=10).result().token_ids
+    ours = VisionModel(tiny_llava).generate("What do these show?", images=images, max_tokens=10,
+                                                       stop_on_loops=False).result().token_ids
     processor = AutoProcessor.from_pretrained(tiny_llava)
     reference = AutoModelForImageTextToText.from_pretrained(tiny_llava).eval()
     content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "What do these show?"}]
@@ -151,7 +148,7 @@ def test_onnx_vision_model_through_our_loop_matches_onnxruntime_genai(tiny_phi3v
 
     images = [render_text(tmp_path / "a.png", ["Total 42"]), render_text(tmp_path / "b.png", ["Paid"])]
     model = OnnxVisionModel(tiny_phi3v_onnx)
-    ours = model.generate("What do these show?", images, max_tokens=10).result()
+    ours = model.generate("What do these show?", images=images, max_tokens=10, stop_on_loops=False).result()
     # onnxruntime-genai's own greedy loop over the same processor output
     prompt = model.tokenizer.hf.apply_chat_template(
         [{"role": "user", "content": "<|image_1|>\n<|image_2|>\nWhat do these show?"}],
@@ -179,7 +176,8 @@ def test_onnx_vision_model_reads_the_pixels(tiny_phi3v_onnx, tmp_path):
     light, dark = tmp_path / "light.png", tmp_path / "dark.webp"  # WebP: not a format onnxruntime-genai decodes
     Image.new("RGB", (400, 300), "white").save(light)
     Image.new("RGB", (400, 300), (20, 40, 160)).save(dark)
-    replies = [model.generate("Describe it.", [image], max_tokens=6).result().token_ids for image in (light, dark)]
+    replies = [model.generate("Describe it.", images=[image], max_tokens=6).result().token_ids
+               for image in (light, dark)]
     assert replies[0] != replies[1]
 
 
@@ -193,9 +191,9 @@ def test_onnx_vision_model_errors_name_the_problem(tiny_phi3v_onnx, tmp_path):
     (broken / "processor_config.json").write_text("{", encoding="utf-8")
     page = render_text(tmp_path / "page.png", ["Total 42"])
     with pytest.raises(ModelLoadError, match="image processor for .*broken failed"):
-        OnnxVisionModel(broken).generate("Read it.", [page], max_tokens=4)  # made or first used
+        OnnxVisionModel(broken).generate("Read it.", images=[page], max_tokens=4)  # made or first used
     with pytest.raises(PromptError, match="does not fit the model's context of 8192"):
-        OnnxVisionModel(tiny_phi3v_onnx).generate("Read it.", [page, page], max_tokens=4000)
+        OnnxVisionModel(tiny_phi3v_onnx).generate("Read it.", images=[page, page], max_tokens=4000)
 
 
 def test_undecodable_image_is_named(tmp_path):

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 from slmflow.runtime.loop import GenerationResult, Response, Usage
+from slmflow.runtime.queued import QueuedModel
 from slmflow.runtime.registry import Registry, worker_for
 from slmflow.serve.app import create_app
 from slmflow.serve.state import ServeSettings
@@ -123,3 +124,25 @@ def test_a_stream_dropped_while_it_waits_never_starts():
     asyncio.run(scenario())
     assert started == []
     assert worker._waiting == 0
+
+
+def _generate_at_once(model, threads: int = 4) -> list[str]:
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda _: model.generate("hi").text(), range(threads)))
+
+
+def test_agents_and_graph_nodes_in_many_threads_drive_a_model_one_call_at_a_time():
+    bare = OverlapCountingModel()
+    assert _generate_at_once(bare) == ["ok"] * 4 and bare.most_at_once > 1  # what a shared model suffers
+    model = OverlapCountingModel()
+    viewed = [QueuedModel(model), QueuedModel(model)]  # two callers' views: one worker between them
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda i: viewed[i % 2].generate("hi").text(), range(4)))
+    assert texts == ["ok"] * 4 and model.calls == 4 and model.most_at_once == 1
+
+
+def test_a_call_from_the_models_own_thread_runs_in_place():
+    model = OverlapCountingModel()
+    view = QueuedModel(model)
+    nested = view.worker.submit(lambda: view.generate("hi").text())  # an agent running as a worker job
+    assert nested.result(timeout=5) == "ok"

@@ -112,7 +112,7 @@ def test_aes_encrypted_pdf_that_opens_without_a_password_is_indexed(tmp_path):
     folder.mkdir()
     with (folder / "locked.pdf").open("wb") as f:
         writer.write(f)
-    stats = DocumentIndex(folder, tmp_path / "index").update(progress=False)
+    stats = DocumentIndex(folder, tmp_path / "index").update()
     assert stats.files_embedded == 1 and not stats.warnings
     assert any("Dividends were paid in March" in c.text for c in DocumentIndex(folder, tmp_path / "index").all_chunks())
 
@@ -212,16 +212,16 @@ def _store_args(store: dict) -> list[str]:
 
 def test_reindexing_embeds_only_what_changed(folder, store):
     index = DocumentIndex(folder, **store)
-    first = index.update(progress=False)
+    first = index.update()
     assert first.files_embedded == 3 and first.chunks_total == first.chunks_added > 0
-    again = index.update(progress=False)
+    again = index.update()
     assert (again.files_embedded, again.chunks_added, again.files_unchanged) == (0, 0, 3)
     (folder / "coffee.txt").write_text("Coffee\n\nTea is grown in India and China.\n", encoding="utf-8")
-    changed = index.update(progress=False)
+    changed = index.update()
     assert (changed.files_embedded, changed.files_unchanged) == (1, 2)
     assert not any("Brazil" in c.text for c in index.all_chunks())
     (folder / "honeybees.html").unlink()
-    removed = index.update(progress=False)
+    removed = index.update()
     assert removed.files_removed == 1
     assert {c.path for c in index.all_chunks()} == {"coffee.txt", "eiffel-tower.md"}
 
@@ -233,7 +233,7 @@ def test_bad_files_are_skipped_by_name_and_the_rest_indexed(folder, tmp_path):
     (folder / "huge.log").touch()
     os.truncate(folder / "huge.log", 200_000_000)
     (folder / "gone.md").symlink_to(folder / "missing-target.md")
-    stats = DocumentIndex(folder, tmp_path / "index").update(progress=False)
+    stats = DocumentIndex(folder, tmp_path / "index").update()
     warnings = "\n".join(stats.warnings)
     assert "latin1.txt: not UTF-8 (byte 3); read as Windows-1252" in "\n".join(stats.notes)
     assert "blank-scan.pdf: PDF has no text layer" in warnings
@@ -250,7 +250,7 @@ def test_missing_folder_is_named(tmp_path):
 
 
 def test_index_built_with_other_settings_is_not_mixed(folder, store):
-    DocumentIndex(folder, **store).update(progress=False)
+    DocumentIndex(folder, **store).update()
     with pytest.raises(IndexUnusableError, match="other chunk_tokens"):
         DocumentIndex(folder, **store, chunk_tokens=100)
 
@@ -258,18 +258,18 @@ def test_index_built_with_other_settings_is_not_mixed(folder, store):
 def test_an_index_is_reused_by_another_install_of_its_embedder_and_refused_by_another_model(
         folder, tmp_path, embedder):
     index_dir = tmp_path / "index"
-    DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False)
+    DocumentIndex(folder, index_dir, embedder=embedder).update()
     reinstalled = tmp_path / "other-venv" / "model"  # the same wheel in another virtual environment
     shutil.copytree(embedder.path, reinstalled)
-    again = DocumentIndex(folder, index_dir, embedder=Embedder(reinstalled)).update(progress=False)
+    again = DocumentIndex(folder, index_dir, embedder=Embedder(reinstalled)).update()
     assert (again.files_embedded, again.files_unchanged) == (0, 3)
 
     meta = index_dir / INDEX_META  # as written before fingerprints: the embedder's install path
     settings = json.loads(meta.read_text())
     meta.write_text(json.dumps({**settings, "embedder": str(embedder.path)}))
-    assert DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False).files_unchanged == 3
+    assert DocumentIndex(folder, index_dir, embedder=embedder).update().files_unchanged == 3
     meta.write_text(json.dumps({**settings, "embedder": str(reinstalled)}))  # another install's path
-    assert DocumentIndex(folder, index_dir, embedder=embedder).update(progress=False).files_unchanged == 3
+    assert DocumentIndex(folder, index_dir, embedder=embedder).update().files_unchanged == 3
     meta.write_text(json.dumps({**settings, "embedder": str(tmp_path / "deleted-venv" / "model")}))
     with pytest.raises(IndexUnusableError, match="other embedder"):  # nothing left to compare with
         DocumentIndex(folder, index_dir, embedder=embedder)
@@ -325,7 +325,7 @@ def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_pat
     hits = Retriever(partial).search("rain measured at a station", k=3)
     assert hits and all(h.chunk.path in stored for h in hits)
 
-    finished = partial.update(progress=False)
+    finished = partial.update()
     assert finished.files_embedded == 24 - len(stored) and finished.files_unchanged == len(stored)
     records = partial.file_records()
     assert len(records) == 24 and partial.count() == sum(r["chunks"] for r in records.values())
@@ -337,7 +337,7 @@ def test_killed_indexer_leaves_a_usable_index_that_the_next_run_finishes(tmp_pat
 @pytest.fixture(scope="module")
 def example_retriever(tmp_path_factory):
     index = DocumentIndex(EXAMPLES, tmp_path_factory.mktemp("index"))
-    index.update(progress=False)
+    index.update()
     return Retriever(index)
 
 
@@ -370,7 +370,7 @@ def test_answer_constraint_allows_only_retrieved_citations(onnx_model):
 
 def test_docs_qa_answers_with_citations_of_retrieved_chunks(onnx_model, tmp_path):
     qa = DocsQA(EXAMPLES, onnx_model, index_dir=tmp_path / "index")
-    qa.update_index(progress=False)
+    qa.update_index()
     answer = qa.ask("How tall is the Eiffel Tower?")
     assert answer.found and answer.cited
     retrieved = {s.chunk_id for s in answer.sources}
@@ -384,7 +384,7 @@ def test_docs_qa_answers_with_citations_of_retrieved_chunks(onnx_model, tmp_path
 
 def test_docs_qa_abstains_on_a_question_the_documents_cannot_answer(onnx_model, tmp_path):
     qa = DocsQA(EXAMPLES, onnx_model, index_dir=tmp_path / "index")
-    qa.update_index(progress=False)
+    qa.update_index()
     answer = qa.ask("Who won the 2018 FIFA World Cup?")
     assert (answer.answer, answer.found, answer.cited, answer.evidence) == (NOT_FOUND, False, [], None)
 
@@ -397,7 +397,7 @@ def test_docs_qa_cites_the_exact_page_of_a_long_pdf(onnx_model, tmp_path):
     pages = [facts.get(n, f"Page {n} lists routine operating expenses of segment {n}.") for n in range(1, 121)]
     (folder / "annual-report.pdf").write_bytes(text_pdf(pages))
     qa = DocsQA(folder, onnx_model, index_dir=tmp_path / "index")
-    qa.update_index(progress=False)
+    qa.update_index()
     for page, question in ((37, "When was the Lisbon warehouse sold?"), (88, "How many engineers does the Oslo "
                                                                             "subsidiary employ?")):
         answer = qa.ask(question)
@@ -420,7 +420,7 @@ def test_docs_qa_graph_retrieves_then_answers_with_citations(onnx_model, tmp_pat
     from slmflow.graphs.docs_qa import build_docs_qa_graph
 
     qa = DocsQA(EXAMPLES, onnx_model, index_dir=tmp_path / "index")
-    qa.update_index(progress=False)
+    qa.update_index()
     out = build_docs_qa_graph(qa).invoke({"messages": [("user", "How tall is the Eiffel Tower?")]})
     assert [event["node"] for event in out["trace"]] == ["retrieve", "answer"]
     lines = out["messages"][-1].content.splitlines()

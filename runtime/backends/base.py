@@ -15,6 +15,8 @@ class Sequence(Protocol):
 
     length: int
     capacity: int
+    #: True where the sequence takes a token still on the device (``extend_on_device``).
+    feeds_on_device: bool
 
     def extend(self, token_ids: Seq[int]) -> torch.Tensor:
         """Run the new tokens through the model; return the last position's logits (1-D)."""
@@ -22,6 +24,11 @@ class Sequence(Protocol):
     def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
         """As ``extend``, but the logits of every new position (``[len(token_ids), vocab]``): one
         pass verifies a guess of several tokens (speculative decoding)."""
+
+    def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
+        """Feed one sampled token without reading it to the host first (a 0-d device tensor), so
+        the next step is queued behind the sampler and the host's work overlaps the GPU's; return
+        the next logits. Only called where ``feeds_on_device``; others raise NotImplementedError."""
 
     def rewind(self, length: int) -> None:
         """Forget every token after the first ``length``."""

@@ -90,6 +90,8 @@ class GraphPool:
 class CudaGraphSequence:
     """A Sequence whose one-token steps replay a captured CUDA graph."""
 
+    feeds_on_device = True
+
     def __init__(self, model, capacity: int, pool: GraphPool | None = None) -> None:
         self._model = model
         self._pool = pool or GraphPool(max_idle=0)

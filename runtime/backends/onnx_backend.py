@@ -25,6 +25,8 @@ class OnnxGenaiSequence:
     hands it to ``set_inputs``, which runs the vision and embedding sessions and prefills the
     decoder; its token ids (image positions hold -N for image N) must be what ``extend`` gets."""
 
+    feeds_on_device = False
+
     def __init__(self, og, model, capacity: int, kv_bytes_per_token: int, processed=None) -> None:
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=capacity)
@@ -42,6 +44,9 @@ class OnnxGenaiSequence:
             self._generator.append_tokens(np.asarray(token_ids, dtype=np.int32))
         self.length += len(token_ids)
         return torch.from_numpy(self._generator.get_logits()[0, -1])
+
+    def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("this backend feeds tokens from the host")
 
     def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
         # get_logits keeps the last position only; the decoder's own output has every position.

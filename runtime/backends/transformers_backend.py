@@ -25,6 +25,8 @@ def default_device() -> torch.device:
 
 
 class TransformersSequence:
+    feeds_on_device = False
+
     def __init__(self, model, capacity: int) -> None:
         from transformers import DynamicCache
 
@@ -38,6 +40,9 @@ class TransformersSequence:
     def extend(self, token_ids: Seq[int], **model_inputs) -> torch.Tensor:
         """Append tokens; ``model_inputs`` (pixel values, say) go to the same forward pass."""
         return self._forward(token_ids, 1, model_inputs)[-1]
+
+    def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("this backend feeds tokens from the host")
 
     def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
         return self._forward(token_ids, len(token_ids), {})

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel
 from slmflow.runtime.constraints import (
     Choice,
     Constraint,
@@ -27,8 +26,16 @@ from slmflow.runtime.constraints import (
     parse_output,
 )
 from slmflow.runtime.errors import PromptError
-from slmflow.runtime.loop import FinishReason, GenerationResult, Response, Usage
-from slmflow.runtime.messages import Message, as_messages
+from slmflow.runtime.loop import (
+    FinishReason,
+    GenerationResult,
+    Response,
+    Stream,
+    Usage,
+    drain,
+)
+from slmflow.runtime.messages import Message, as_messages, is_token_ids, prompt_messages
+from slmflow.runtime.options import GenerateOptions
 from slmflow.runtime.sampling import SamplingParams
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tool_calling import (
@@ -143,8 +150,6 @@ class EndpointModel:
     def _chat_request(self, messages: list[Message], max_tokens: int, sampling: SamplingParams | None,
                  **options) -> ChatRequest:
         """The wire request, with the prompt checked against the window and the reply's room."""
-        if max_tokens < 1:
-            raise PromptError(f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more")
         wire = to_wire_messages(messages)
         needed = estimate_tokens(wire, options.get("tools", ()))
         if needed + 1 > self.context_length:
@@ -153,36 +158,33 @@ class EndpointModel:
         return ChatRequest(wire, min(max_tokens, self.context_length - needed), sampling or SamplingParams(),
                            prompt_tokens=needed, **options)
 
-    def generate(self, prompt, *, max_tokens: int = 256, sampling: SamplingParams | None = None,
-                 stop: Seq[str] = (), system: str | None = None, constraint: Constraint | None = None,
-                 output: type[BaseModel] | None = None, jump_forward: bool = True, stop_on_loops: bool = True):
+    def generate(self, prompt, options: GenerateOptions | None = None, **fields):
         """As :meth:`Model.generate`: a streaming :class:`Response`, or a validated ``output`` instance.
-        ``jump_forward`` and ``stop_on_loops`` are accepted for the same signature; the engine
-        decides how it decodes and when it stops."""
-        messages = _prompt_messages(prompt, system)
-        if output is not None:
-            constraint = JsonSchema(output)
+        ``jump_forward``, ``stop_on_loops`` and ``speculate`` are how our loop decodes; here the
+        engine decides how it decodes and when it stops."""
+        opts = GenerateOptions.of(options, fields)
+        if is_token_ids(prompt):
+            raise PromptError("a prompt of token ids needs a local model", "pass text or chat messages")
+        if opts.images:
+            raise PromptError(f"images cannot be sent to {self.spec} yet",
+                              "send them to a local vision model (roles.vision in slmflow.toml)")
+        constraint = JsonSchema(opts.output) if opts.output is not None else opts.constraint
         schema, wrapped = wire_schema(constraint) if constraint is not None else (None, False)
-        request = self._chat_request(messages, max_tokens, sampling, stop=stop, schema=schema)
+        request = self._chat_request(prompt_messages(prompt, opts.system), opts.max_tokens, opts.sampling,
+                                     stop=opts.stop, schema=schema)
         response = Response(self._validated(request, constraint, wrapped))
-        return response if output is None else parse_output(output, response.text())
+        return response if opts.output is None else parse_output(opts.output, response.text())
 
     def _validated(self, request: ChatRequest, constraint: Constraint | None, wrapped: bool) -> Iterator[str]:
         start = time.perf_counter()
-        stream = self._chat(request)
+        chat: Stream[str, ChatReply] = Stream(self._chat(request))
         first = None
-        pieces: list[str] = []
-        while True:
-            try:
-                delta = next(stream)
-            except StopIteration as done:
-                reply: ChatReply = done.value
-                break
+        for delta in chat:
             first = first or time.perf_counter()
-            pieces.append(delta)
             if not wrapped:
                 yield delta
-        text = "".join(pieces)
+        reply = chat.value()
+        text = "".join(chat.items)
         if constraint is not None and not isinstance(constraint, Quote) and reply.finish_reason == "stop":
             if wrapped:
                 text = _unwrap(text)
@@ -193,15 +195,20 @@ class EndpointModel:
         return _result(str(self.spec), text, reply, start, first)
 
     def tool_turn(self, messages: Seq[Message], tools: Seq[ToolSpec], tool_choice: ToolChoice = "auto",
-                  parallel: bool = False, max_tokens: int = 512, sampling: SamplingParams | None = None) -> ToolTurn:
+                  parallel: bool = False, max_tokens: int = 512, sampling: SamplingParams | None = None, *,
+                  callable_tools: Seq[ToolSpec] | None = None) -> ToolTurn:
         """One turn with tools, the engine choosing between words and calls as ``tool_choice`` allows;
-        calls are checked against the tools' names before they are returned."""
+        the server is offered ``callable_tools`` (default: ``tools``), and calls are checked
+        against their names before they are returned."""
         messages = as_messages(messages)
-        request = self._chat_request(messages, max_tokens, sampling, tools=list(tools), tool_choice=tool_choice,
-                                parallel=parallel)
+        offered = list(tools if callable_tools is None else callable_tools)
+        if max_tokens < 1:
+            raise PromptError(f"max_tokens must be at least 1, got {max_tokens}", "pass --max-tokens 1 or more")
+        request = self._chat_request(messages, max_tokens, sampling, tools=offered, tool_choice=tool_choice,
+                                     parallel=parallel)
         start = time.perf_counter()
-        pieces, reply = _collect(self._chat(request))
-        names = {t.name for t in tools}
+        pieces, reply = drain(self._chat(request))
+        names = {t.name for t in offered}
         unknown = [c.name for c in reply.tool_calls if c.name not in names]
         if unknown:
             raise StructuredOutputError(f"the endpoint called tools that were not offered: {unknown}",
@@ -210,29 +217,6 @@ class EndpointModel:
         raw = calls_as_text(reply.tool_calls) if reply.tool_calls else text
         return ToolTurn(text="" if reply.tool_calls else text, tool_calls=reply.tool_calls, raw=raw,
                         result=_result(str(self.spec), raw, reply, start, None))
-
-
-def _prompt_messages(prompt, system: str | None) -> list[Message]:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise PromptError("the prompt is empty", "pass a non-empty prompt")
-        messages = [Message(role="user", content=prompt)]
-    elif prompt and all(isinstance(t, int) for t in prompt):
-        raise PromptError("a prompt of token ids needs a local model", "pass text or chat messages")
-    else:
-        messages = as_messages(prompt)
-    if not messages:
-        raise PromptError("the prompt has no messages", "pass a non-empty prompt")
-    return [Message(role="system", content=system), *messages] if system is not None else messages
-
-
-def _collect(stream: Iterator[str]) -> tuple[list[str], ChatReply]:
-    pieces = []
-    while True:
-        try:
-            pieces.append(next(stream))
-        except StopIteration as done:
-            return pieces, done.value
 
 
 def _unwrap(text: str) -> str:
@@ -246,11 +230,5 @@ def _unwrap(text: str) -> str:
 
 
 def _result(model: str, text: str, reply: ChatReply, start: float, first: float | None) -> GenerationResult:
-    end = time.perf_counter()
-    first = first or end
-    decode = end - first
-    usage = Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                  time_to_first_token_s=first - start, total_s=end - start,
-                  decode_tokens_per_s=(reply.completion_tokens - 1) / decode
-                  if reply.completion_tokens > 1 and decode > 0 else 0.0)
+    usage = Usage.timed(reply.prompt_tokens, reply.completion_tokens, start, first, time.perf_counter())
     return GenerationResult(text=text, token_ids=[], finish_reason=reply.finish_reason, usage=usage, model=model)

@@ -19,18 +19,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pydantic import BaseModel
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from slmflow.runtime.embedded import cache_root
 from slmflow.runtime.embeddings import Embedder, load_embedder, model_fingerprint
 from slmflow.runtime.errors import SlmflowError
@@ -58,6 +51,19 @@ class IndexSettings(BaseModel):
     dimension: int
     chunk_tokens: int = 200
     overlap_tokens: int = 32
+
+
+class IndexProgress(BaseModel):
+    """Where an index update stands: ``done`` of ``total`` changed files, and the rates so far."""
+
+    folder: str
+    done: int
+    total: int
+    files_per_s: float
+    chunks_per_s: float
+
+
+OnIndexProgress = Callable[[IndexProgress], None]
 
 
 class IndexStats(BaseModel):
@@ -225,8 +231,11 @@ class DocumentIndex:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def update(self, include: list[str] | None = None, progress: bool = True, ocr: bool = True) -> IndexStats:
-        """Bring the index in step with the folder; see the module docstring for the guarantees."""
+    def update(self, include: list[str] | None = None, ocr: bool = True,
+               on_progress: OnIndexProgress | None = None) -> IndexStats:
+        """Bring the index in step with the folder; see the module docstring for the guarantees.
+        ``on_progress`` is told where the work stands before the first changed file and after
+        each one (the CLI draws a bar from it; library code draws nothing)."""
         from slmflow.tools.rag.ocr import ocr_image
 
         start = time.perf_counter()
@@ -251,18 +260,24 @@ class DocumentIndex:
                 todo.append((rel, path, st))
 
         pending: list[tuple[str, dict, list[Chunk]]] = []
-        columns = (TextColumn("indexing {task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not progress or not todo, transient=False) as bar:
-            task = bar.add_task(str(self.folder.name), total=len(todo), rate="")
-            for rel, path, st in todo:
-                self._prepare(rel, path, st, records.get(rel), ocr_image if ocr else None, pending, stats)
-                if sum(len(c) for _, _, c in pending) >= EMBED_BATCH_CHUNKS:
-                    self._write(pending, stats)
-                elapsed = time.perf_counter() - start
-                bar.update(task, advance=1, rate=f"{stats.files_embedded / elapsed:.1f} files/s "
-                                                 f"{stats.chunks_added / elapsed:.0f} chunks/s")
-            self._write(pending, stats)
+        if todo:
+            log.info("indexing %d new or changed files of %s", len(todo), self.folder)
+
+        def tell(done: int) -> None:
+            if on_progress is not None and todo:
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                on_progress(IndexProgress(folder=self.folder.name, done=done, total=len(todo),
+                                          files_per_s=stats.files_embedded / elapsed,
+                                          chunks_per_s=stats.chunks_added / elapsed))
+
+        tell(0)
+        for done, (rel, path, st) in enumerate(todo, 1):
+            self._prepare(rel, path, st, records.get(rel), ocr_image if ocr else None, pending, stats)
+            if sum(len(c) for _, _, c in pending) >= EMBED_BATCH_CHUNKS:
+                self._write(pending, stats)
+            tell(done)
+        self._write(pending, stats)
+        tell(len(todo))  # the rates with the last batch embedded
         for warning in stats.warnings:
             log.warning("skipped %s", warning)
         for note in stats.notes:
