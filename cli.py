@@ -134,12 +134,15 @@ def chat(stats: bool, **kwargs) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.option("--rebuild", is_flag=True, help="convert the embedded model again (after a damaged-cache error)")
 @_user_errors
-def models(as_json: bool) -> None:
+def models(as_json: bool, rebuild: bool) -> None:
     """List the models slmflow knows, where they live and their state."""
     from slmflow.runtime import embedded
     from slmflow.runtime.config import Role, load_config
 
+    if rebuild:
+        embedded.rebuild()
     st = embedded.state()
     rows = [
         {"name": "embedded (GGUF)", "location": str(st.gguf) if st.gguf else "-",

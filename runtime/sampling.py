@@ -8,15 +8,20 @@ min-p), so a user moving from ``model.generate`` gets the distribution they expe
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+#: A sampling seed: the range torch's generators take, so no seed is refused deep in the loop.
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1)]
+
 
 class SamplingParams(BaseModel):
-    """How the next token is chosen. ``temperature == 0`` means greedy."""
+    """How the next token is chosen. ``temperature == 0`` means greedy. Every number must be finite:
+    a NaN penalty would turn every logit into NaN."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; higher = more random")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
@@ -27,7 +32,7 @@ class SamplingParams(BaseModel):
     )
     frequency_penalty: float = Field(0.0, description="subtract this x count of each generated token")
     presence_penalty: float = Field(0.0, description="subtract this once from every generated token")
-    seed: int | None = Field(None, description="seed for reproducible sampling")
+    seed: Seed | None = Field(None, description="seed for reproducible sampling")
 
     @property
     def greedy(self) -> bool:

@@ -2,16 +2,17 @@
 
 A model's prefix cache and KV state belong to one generation at a time, so concurrent requests are
 queued, not interleaved; runtime/registry.py gives each loaded model exactly one worker. A full
-queue answers 429 (clients retry with backoff) instead of growing without bound. A streamed request whose client goes away stops at its next token, and the model's
-generator is closed so its cache entry is released as after any finished request; one dropped
-while it still waited never starts.
+queue answers 429 (clients retry with backoff) instead of growing without bound. A request whose
+client goes away (streamed or not: the server passes a ``gone`` probe) stops at its next token,
+and the model's generator is closed so its cache entry is released as after any finished request;
+one dropped while it still waited never starts, so the requests behind it do not wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +21,14 @@ from slmflow.runtime.errors import SlmflowError
 
 class QueueFullError(SlmflowError):
     """More requests wait for a model than the server accepts."""
+
+
+class ClientGone(Exception):
+    """The client of a queued request left before its turn came; nothing was computed."""
+
+
+#: How often a waiting or running request asks whether its client is still there.
+GONE_POLL_S = 0.2
 
 
 _DONE = object()
@@ -72,17 +81,33 @@ class ModelWorker:
             finally:
                 self._leave()
 
-        return self._executor.submit(task)
+        future = self._executor.submit(task)
+        future.add_done_callback(lambda f: f.cancelled() and self._leave())  # cancelled before it ran
+        return future
 
     async def run(self, job: Callable[[], Any]) -> Any:
         """Run ``job`` on the model's thread and return its result."""
         return await asyncio.wrap_future(self.submit(job))
 
-    async def stream(self, start: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    async def finish(self, start: Callable[[], Iterator[Any]],
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> Any:
+        """The last item of :meth:`stream`: a whole reply, stopped early if ``gone()`` says the
+        client left (then :class:`ClientGone` is raised; nobody is there to read a reply)."""
+        last = None
+        async for item in await self.stream(start, gone):
+            last = item
+        if gone is not None and await gone():
+            raise ClientGone
+        return last
+
+    async def stream(self, start: Callable[[], Iterator[Any]],
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[Any]:
         """Run ``start()`` on the model's thread, then its iterator, handing items over as they come.
 
         Errors from ``start()`` (bad schema, prompt too long) are raised before the first item, so
-        the caller can still answer with an error status instead of a broken stream.
+        the caller can still answer with an error status instead of a broken stream. ``gone``, when
+        given, is polled every :data:`GONE_POLL_S`: once it says the client left, a request still
+        waiting never starts (:class:`ClientGone`) and a running one stops at its next item.
         """
         self._admit()
         loop = asyncio.get_running_loop()
@@ -121,15 +146,32 @@ class ModelWorker:
                 self._leave()
 
         loop.run_in_executor(self._executor, task)
+        watcher = loop.create_task(_watch(gone, cancelled, started, put)) if gone is not None else None
         try:
             await started
-        except asyncio.CancelledError:  # the request was dropped before its turn came
+        except BaseException:  # a refused start, or the request dropped before its turn came
             cancelled.set()
+            if watcher is not None:
+                watcher.cancel()
             raise
-        return _drain(queue, cancelled)
+        return _drain(queue, cancelled, watcher)
 
 
-async def _drain(queue: asyncio.Queue, cancelled: threading.Event) -> AsyncIterator[Any]:
+async def _watch(gone: Callable[[], Awaitable[bool]], cancelled: threading.Event, started: asyncio.Future,
+                 put: Callable[[Any], None]) -> None:
+    """Mark the request cancelled once its client has left, and wake whoever waits on it."""
+    while not cancelled.is_set():
+        await asyncio.sleep(GONE_POLL_S)
+        if await gone():
+            cancelled.set()
+            if not started.done():
+                started.set_exception(ClientGone())
+            put(_DONE)
+            return
+
+
+async def _drain(queue: asyncio.Queue, cancelled: threading.Event,
+                 watcher: asyncio.Task | None) -> AsyncIterator[Any]:
     try:
         while True:
             item = await queue.get()
@@ -140,3 +182,5 @@ async def _drain(queue: asyncio.Queue, cancelled: threading.Event) -> AsyncItera
             yield item
     finally:
         cancelled.set()
+        if watcher is not None:
+            watcher.cancel()

@@ -6,7 +6,6 @@ model work (constrained generation, tool turns, streaming) is written once here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from slmflow.runtime.tool_calling import (
     generate_with_tools,
 )
 from slmflow.runtime.tool_selection import ToolSelector
+from slmflow.serve.wire import WireMessage
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -49,33 +49,25 @@ class ChatOutcome:
     first_token_s: float = 0.0
 
 
-def wire_to_messages(items: list[dict]) -> list[Message]:
-    """Chat messages from either API's wire form into ours: an assistant's calls become the
-    ``<tool_call>`` text our models were prompted with, text parts of a content list are joined."""
+def wire_to_messages(items: list[WireMessage]) -> list[Message]:
+    """Chat messages from either API's validated wire form into ours: an assistant's calls become
+    the ``<tool_call>`` text our models were prompted with, text parts of a content list are joined."""
     out = []
     for i, m in enumerate(items):
-        if m.get("role") not in ROLES:
-            raise PromptError(f"messages[{i}].role {m.get('role')!r} is not a chat role",
-                              f"use one of: {', '.join(ROLES)}")
-        content = m.get("content") or ""
+        if m.role not in ROLES:
+            raise PromptError(f"messages[{i}].role {m.role!r} is not a chat role", f"use one of: {', '.join(ROLES)}")
+        content = m.content or ""
         if isinstance(content, list):
-            if any(p.get("type") not in ("text", None) for p in content if isinstance(p, dict)):
+            if any(p.type != "text" or p.text is None for p in content):
                 raise PromptError(f"messages[{i}] has non-text content parts",
-                                  "this server's models take text; send text parts only")
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if not isinstance(content, str):
-            raise PromptError(f"messages[{i}].content is a {type(content).__name__}", "send text or text parts")
-        if m.get("images"):
+                                  "this server's models take text; send parts of type 'text' with a 'text' string")
+            content = "".join(p.text for p in content)
+        if m.images:
             raise PromptError(f"messages[{i}] has images", "this server's models take text only")
-        calls = m.get("tool_calls") or []
-        if calls:
-            parsed = []
-            for c in calls:
-                args = c["function"].get("arguments") or {}
-                parsed.append(ToolCall(name=c["function"]["name"],
-                                       arguments=json.loads(args) if isinstance(args, str) else args))
+        if m.tool_calls:
+            parsed = [ToolCall(name=c.function.name, arguments=c.function.arguments) for c in m.tool_calls]
             content = "\n".join(filter(None, [content, calls_as_text(parsed)]))
-        out.append(Message(role=m["role"], content=content))
+        out.append(Message(role=m.role, content=content))
     return out
 
 
@@ -103,9 +95,3 @@ def _text_stream(response) -> Iterator[str | ChatOutcome]:
     r = response.result()
     yield ChatOutcome(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.usage.prompt_tokens,
                       completion_tokens=r.usage.completion_tokens, first_token_s=r.usage.time_to_first_token_s)
-
-
-def run_chat(model, job: ChatJob) -> ChatOutcome:
-    """The whole reply at once (for requests that do not stream)."""
-    *_, outcome = start_chat(model, job)
-    return outcome

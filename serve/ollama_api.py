@@ -16,44 +16,40 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from slmflow import __version__
 from slmflow.runtime.constraints import JsonSchema
-from slmflow.runtime.sampling import SamplingParams
+from slmflow.runtime.sampling import SamplingParams, Seed
 from slmflow.serve.chat import (
     ChatJob,
     ChatOutcome,
-    run_chat,
     start_chat,
     wire_to_messages,
 )
 from slmflow.serve.openai_api import FunctionTool
 from slmflow.serve.state import ServeError, served
+from slmflow.serve.wire import WireMessage, WireModel, WireRequest
 
 router = APIRouter(prefix="/api")
 
 
-class OllamaOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class OllamaOptions(WireModel):
     temperature: float = Field(0.8, ge=0.0)
     top_k: int = Field(40, ge=0)
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: Seed | None = None
     num_predict: int | None = None
     num_ctx: int | None = Field(None, ge=1)
     stop: list[str] | None = None
 
 
-class OllamaChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class OllamaChatRequest(WireRequest):
     model: str
-    messages: list[dict[str, Any]] = []
+    messages: list[WireMessage] = []
     stream: bool = True
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: OllamaOptions = OllamaOptions()
@@ -61,7 +57,7 @@ class OllamaChatRequest(BaseModel):
     keep_alive: str | float | None = None
 
 
-class ShowRequest(BaseModel):
+class ShowRequest(WireRequest):
     model: str
 
 
@@ -110,9 +106,9 @@ async def chat(body: OllamaChatRequest, request: Request):
     job.selector = request.app.state.selector
     started = time.perf_counter()
     if not body.stream:
-        outcome = await entry.worker.run(lambda: run_chat(entry.model, job))
+        outcome = await entry.worker.finish(lambda: start_chat(entry.model, job), request.is_disconnected)
         return _final(body.model, outcome, started, outcome.text)
-    items = await entry.worker.stream(lambda: start_chat(entry.model, job))
+    items = await entry.worker.stream(lambda: start_chat(entry.model, job), request.is_disconnected)
 
     async def lines():
         try:

@@ -10,52 +10,50 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from slmflow.runtime.constraints import JsonSchema
-from slmflow.runtime.sampling import SamplingParams
+from slmflow.runtime.sampling import SamplingParams, Seed
 from slmflow.runtime.tool_calling import ToolSpec
 from slmflow.serve.chat import (
     ChatJob,
     ChatOutcome,
-    run_chat,
     start_chat,
     wire_to_messages,
 )
 from slmflow.serve.state import ServeError, served
+from slmflow.serve.wire import WireMessage, WireModel, WireRequest
 
 router = APIRouter(prefix="/v1")
 
 
-class FunctionTool(BaseModel):
+class FunctionTool(WireModel):
     type: Literal["function"] = "function"
     function: ToolSpec
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(WireModel):
     type: Literal["function"] = "function"
     function: dict[str, str]
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")  # llama-cpp-python's json_object form
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatCompletionRequest(WireRequest):
     model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[WireMessage] = Field(min_length=1)
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
+    seed: Seed | None = None
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
@@ -107,13 +105,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     ident, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
     head = {"id": ident, "created": created, "model": body.model}
     if not body.stream:
-        outcome = await entry.worker.run(lambda: run_chat(entry.model, job))
+        outcome = await entry.worker.finish(lambda: start_chat(entry.model, job), request.is_disconnected)
         message = {"role": "assistant", "content": outcome.text or (None if outcome.tool_calls else "")}
         if outcome.tool_calls:
             message["tool_calls"] = _tool_calls(outcome)
         return {**head, "object": "chat.completion", "usage": _usage(outcome),
                 "choices": [{"index": 0, "message": message, "finish_reason": outcome.finish_reason}]}
-    items = await entry.worker.stream(lambda: start_chat(entry.model, job))
+    items = await entry.worker.stream(lambda: start_chat(entry.model, job), request.is_disconnected)
 
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
         data = {**head, "object": "chat.completion.chunk",

@@ -2,23 +2,32 @@
 
 ``@tool`` turns a function into a :class:`Tool`: the name is the function's, the description its
 docstring's first paragraph, the JSON Schema comes from the signature through pydantic. Calls are
-validated before they run, run under a timeout, and every failure comes back as a
+validated before they run, run under hard limits, and every failure comes back as a
 :class:`ToolResult` with ``ok=False`` the model can read and recover from, never an exception
 that ends the agent.
+
+The limits hold whatever the tool does: a call runs on a daemon thread of its own (sync or
+``async def``), so one that blocks past its timeout is abandoned and cannot keep the process from
+exiting; ``sys.exit()`` or any other ``BaseException`` inside a tool is reported, not propagated;
+a result longer than :data:`MAX_RESULT_CHARS` is cut with a note the model reads, so a huge
+result cannot overflow the context and make the model call the tool again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from slmflow.runtime.messages import Message
 from slmflow.runtime.tool_calling import TOOL_ERROR_PREFIX, ToolCall, ToolSpec
+
+#: The most characters of a tool's result the model is shown; the rest is cut with a note.
+MAX_RESULT_CHARS = 20_000
 
 
 class ToolError(Exception):
@@ -91,6 +100,48 @@ def tool(fn: Callable | None = None, *, name: str | None = None, mutates: bool =
     return wrap(fn) if fn is not None else wrap
 
 
+def _truncated(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return (text[:limit] + f"\n[result truncated: the first {limit:,} of {len(text):,} characters are shown; "
+            "ask for a smaller part instead of calling again with the same arguments]")
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Exited(Exception):
+    """The tool called ``sys.exit()``: stopped at the registry, not at the process."""
+
+
+def _run_limited(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float) -> Any:
+    """``fn(**kwargs)`` on a daemon thread, waited for at most ``timeout_s``. A coroutine function
+    runs in its own event loop on that thread, so a blocking ``async def`` times out too."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            value = fn(**kwargs)
+            outcome["value"] = asyncio.run(value) if inspect.iscoroutine(value) else value
+        except BaseException as err:  # SystemExit and KeyboardInterrupt included: reported, not raised
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name=f"tool-{getattr(fn, '__name__', 'call')}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise _Timeout
+    error = outcome.get("error")
+    if isinstance(error, SystemExit):
+        raise _Exited(error.code)
+    if error is not None and not isinstance(error, Exception):
+        raise RuntimeError(f"{type(error).__name__} inside the tool") from error
+    if error is not None:
+        raise error
+    return outcome["value"]
+
+
 def _render(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -146,18 +197,13 @@ class ToolRegistry:
         if t.needs_approval and (approve is None or not approve(t, call)):
             return fail(f"{call.name} needs the user's approval, which was not given; do not retry it")
         try:
-            if inspect.iscoroutinefunction(t.fn):
-                value = asyncio.run(asyncio.wait_for(t.fn(**kwargs), t.timeout_s))
-            else:
-                pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-                try:
-                    value = pool.submit(t.fn, **kwargs).result(timeout=t.timeout_s)
-                finally:
-                    pool.shutdown(wait=False)  # a timed-out call is abandoned, not waited for
-        except (TimeoutError, concurrent.futures.TimeoutError, asyncio.TimeoutError):
+            value = _run_limited(t.fn, kwargs, t.timeout_s)
+        except _Timeout:
             return fail(f"{call.name} did not finish within {t.timeout_s:g} s")
         except ToolError as err:
             return fail(str(err))
+        except _Exited as err:
+            return fail(f"{call.name} tried to exit the process (code {err.args[0]!r}); the call was stopped")
         except Exception as err:  # a tool's bug must not end the agent: the model sees it instead
             return fail(f"{call.name} raised {type(err).__name__}: {err}")
-        return ToolResult(call_id=call.id, name=call.name, ok=True, content=_render(value))
+        return ToolResult(call_id=call.id, name=call.name, ok=True, content=_truncated(_render(value)))
