@@ -20,7 +20,8 @@ from slmflow.runtime.errors import ModelIntegrityError
 MANIFEST = "slmflow-complete.json"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks (model weights and documents alike)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -34,7 +35,7 @@ def _files(folder: Path) -> list[Path]:
 
 def _entry(path: Path) -> dict:
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
 
 
 def write_manifest(folder: Path, source: str) -> None:
@@ -64,7 +65,7 @@ def verify_manifest(folder: Path) -> None:
         if st.st_size != expected["size"]:
             raise _damaged(folder, name, f"has {st.st_size:,} bytes, {expected['size']:,} when built")
         if st.st_mtime_ns != expected["mtime_ns"]:
-            if _sha256(file) != expected["sha256"]:
+            if file_sha256(file) != expected["sha256"]:
                 raise _damaged(folder, name, "has changed since it was built (its SHA-256 differs)")
             expected["mtime_ns"] = st.st_mtime_ns
             restat = True

@@ -253,7 +253,7 @@ def test_a_touched_but_intact_file_loads_and_is_not_hashed_again(tmp_path, monke
     os.utime(weights, ns=(1, 1))
     verify_manifest(folder)
     hashed = []
-    monkeypatch.setattr(manifest, "_sha256", lambda path: hashed.append(path) or "")
+    monkeypatch.setattr(manifest, "file_sha256", lambda path: hashed.append(path) or "")
     verify_manifest(folder)
     assert hashed == []
 

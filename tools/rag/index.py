@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from slmflow.runtime.embedded import cache_root
 from slmflow.runtime.embeddings import Embedder, load_embedder, model_fingerprint
 from slmflow.runtime.errors import SlmflowError
+from slmflow.runtime.manifest import file_sha256
 from slmflow.tools.rag.chunking import Chunk, chunk_document
 from slmflow.tools.rag.loaders import LoadError, load_document
 
@@ -124,14 +125,6 @@ def _name(prefix: str, collection: str) -> str:
         return collection
     safe = re.sub(r"[^a-zA-Z0-9._-]", "-", prefix).strip("._-") or "folder"
     return f"{safe[:400]}-{collection}"
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def walk(folder: Path, include: list[str] | None = None) -> list[Path]:
@@ -306,7 +299,7 @@ class DocumentIndex:
     def _prepare(self, rel, path, st, record, ocr, pending, stats) -> None:
         """Load and chunk one changed file, queueing it for embedding; unchanged content is only re-stamped."""
         try:
-            digest = file_hash(path)
+            digest = file_sha256(path)
         except OSError as err:
             stats.warnings.append(f"{rel}: unreadable ({err.strerror})")
             return
