@@ -179,6 +179,7 @@ def test_a_conversation_with_tool_calls_round_trips_through_the_wire_format():
     from slmflow.runtime.endpoints.base import to_wire_messages
     from slmflow.runtime.messages import Message
     from slmflow.serve.chat import wire_to_messages
+    from slmflow.serve.wire import WireMessage
 
     ours = [Message(role="user", content="Weather in Oslo and Rome?"),
             Message(role="assistant", content='<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
@@ -189,7 +190,7 @@ def test_a_conversation_with_tool_calls_round_trips_through_the_wire_format():
     ids = [c["id"] for c in wire[1]["tool_calls"]]
     assert len(set(ids)) == 2 and [m["tool_call_id"] for m in wire[2:]] == ids
     assert json.loads(wire[1]["tool_calls"][1]["function"]["arguments"]) == {"city": "Rome"}
-    assert wire_to_messages(wire) == ours
+    assert wire_to_messages([WireMessage.model_validate(m) for m in wire]) == ours
 
 
 def test_presets_name_their_url_and_key_variable(monkeypatch):
