@@ -6,20 +6,44 @@ User errors (a bad spec, a missing model, an empty prompt) end in one line on st
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import sqlite3
 import sys
 from functools import wraps
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
-from slmflow.progress_bars import index_progress_bar
-from slmflow.runtime import SamplingParams, SlmflowError, load_model
-from slmflow.runtime.messages import Message
+from slmflow.runtime.errors import SlmflowError
+from slmflow.runtime.sampling_params import SamplingParams
 
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Everything heavier than click (rich, torch, the backends, chromadb) is imported inside the
+# command that needs it: `agents --help` and a mistyped flag answer at once.
+
+
+@functools.cache
+def err_console() -> Console:
+    """The stderr console, made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _table(*columns: str):
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+def _print_table(table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
 
 
 def _sampling_options(func):
@@ -33,7 +57,8 @@ def _sampling_options(func):
 
 
 def _model_options(func):
-    func = click.option("--max-tokens", type=int, default=256, show_default=True, help="most new tokens")(func)
+    func = click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+                        help="most new tokens")(func)
     func = click.option("--stop", multiple=True, help="stop string (repeatable); it is not emitted")(func)
     func = click.option("--system", default=None, help="system prompt")(func)
     func = click.option("--role", default=None, help="model role from slmflow.toml: mini, vision or moe")(func)
@@ -49,15 +74,28 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except SlmflowError as err:
-            err_console.print(f"[bold red]error:[/] {err.problem}" + (f" — {err.hint}" if err.hint else ""),
-                              highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            # escaped: a hint such as "add a [roles] table" is text, not rich markup
+            err_console().print(f"[bold red]error:[/] {escape(err.problem)}"
+                                + (f" — {escape(err.hint)}" if err.hint else ""), highlight=False, soft_wrap=True)
             sys.exit(2)
     return wrapper
 
 
 def _split_kwargs(kwargs: dict) -> tuple[SamplingParams, dict]:
-    sampling = SamplingParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.model_fields})
-    return sampling, kwargs
+    """The sampling flags as SamplingParams; a value it refuses is a user error naming the flag."""
+    from pydantic import ValidationError
+
+    values = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.model_fields}
+    try:
+        return SamplingParams(**values), kwargs
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        flag = "--" + name.replace("_", "-")
+        raise SlmflowError(f"{flag} {values.get(name)!r}: {first['msg'].lower()}",
+                           f"see `agents generate --help` for what {flag} takes") from None
 
 
 @click.group()
@@ -75,6 +113,8 @@ def main(verbose: bool) -> None:
 @_user_errors
 def generate(prompt: str, as_json: bool, stats: bool, **kwargs) -> None:
     """Generate a reply to PROMPT, streaming it to the terminal."""
+    from slmflow.runtime.model import load_model
+
     sampling, opts = _split_kwargs(kwargs)
     model = load_model(opts["model_spec"], role=opts["role"])
     response = model.generate(prompt, max_tokens=opts["max_tokens"], sampling=sampling,
@@ -91,7 +131,7 @@ def generate(prompt: str, as_json: bool, stats: bool, **kwargs) -> None:
 
 def _print_stats(result) -> None:
     u, c = result.usage, result.cache
-    err_console.print(
+    err_console().print(
         f"[dim]{u.prompt_tokens} prompt tokens ({u.cached_tokens} from cache), {u.completion_tokens} generated, "
         f"first token {u.time_to_first_token_s * 1000:.0f} ms, {u.decode_tokens_per_s:.1f} tok/s, "
         f"finish: {result.finish_reason} | cache: {c.hits} hits, {c.misses} misses, "
@@ -107,12 +147,15 @@ def _print_stats(result) -> None:
 @_user_errors
 def chat(stats: bool, **kwargs) -> None:
     """An interactive conversation; the history is kept between turns. Ctrl-D or /exit ends it."""
+    from slmflow.runtime.messages import Message
+    from slmflow.runtime.model import load_model
+
     sampling, opts = _split_kwargs(kwargs)
     model = load_model(opts["model_spec"], role=opts["role"])
     history: list[Message] = []
     if opts["system"]:
         history.append(Message(role="system", content=opts["system"]))
-    err_console.print(f"[dim]chatting with {model.spec} — /exit or Ctrl-D to quit[/]")
+    err_console().print(f"[dim]chatting with {model.spec} — /exit or Ctrl-D to quit[/]")
     while True:
         try:
             line = input("> ")
@@ -160,10 +203,10 @@ def models(as_json: bool, rebuild: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("model", "location", "state")
+    table = _table("model", "location", "state")
     for row in rows:
         table.add_row(row["name"], row["location"], row["state"])
-    Console().print(table)
+    _print_table(table)
 
 
 def _index_options(func):
@@ -176,14 +219,16 @@ def _index_options(func):
 
 
 def _print_index_stats(stats) -> None:
-    err_console.print(
+    err_console().print(
         f"[dim]indexed {stats.files_embedded} files ({stats.chunks_added} chunks) in {stats.seconds:.1f} s, "
         f"{stats.files_unchanged} unchanged, {stats.files_removed} removed; {stats.chunks_total} chunks in the index"
         + (f"; {len(stats.warnings)} skipped" if stats.warnings else "") + "[/]", highlight=False, soft_wrap=True)
-    for warning in stats.warnings:
-        err_console.print(f"[yellow]skipped[/] {warning}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    for warning in stats.warnings:  # file names may hold brackets: text, not markup
+        err_console().print(f"[yellow]skipped[/] {escape(warning)}", highlight=False, soft_wrap=True)
     for note in stats.notes:
-        err_console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
+        err_console().print(f"[dim]note: {escape(note)}[/]", highlight=False, soft_wrap=True)
 
 
 def _questions(question: str | None, intro: str = "ask away"):
@@ -191,7 +236,7 @@ def _questions(question: str | None, intro: str = "ask away"):
     if question:
         yield question
         return
-    err_console.print(f"[dim]{intro} — /exit or Ctrl-D to quit[/]")
+    err_console().print(f"[dim]{intro} — /exit or Ctrl-D to quit[/]")
     while True:
         try:
             line = input("> ").strip()
@@ -210,13 +255,18 @@ def _questions(question: str | None, intro: str = "ask away"):
 def index_command(folder: str, index_dir: str | None, index_url: str | None, include: tuple[str, ...],
                   no_ocr: bool) -> None:
     """Index FOLDER for docs-qa (only new and changed files are embedded)."""
+    from slmflow.progress_bars import index_progress_bar
     from slmflow.tools.rag.index import DocumentIndex
 
     index = DocumentIndex(folder, index_dir, index_url=index_url)
     with index_progress_bar() as shown:
         stats = index.update(include=list(include) or None, ocr=not no_ocr, on_progress=shown)
     _print_index_stats(stats)
-    err_console.print(f"[dim]index: {index.location}[/]", highlight=False)
+    if stats.files_seen == 0:
+        raise SlmflowError(f"{index.folder} has no files" + (f" matching {', '.join(include)}" if include else ""),
+                           "add .txt .md .html .pdf .docx .csv .json files or images to it"
+                           + (", or change --include" if include else ""))
+    err_console().print(f"[dim]index: {index.location}[/]", highlight=False)
 
 
 class _RunGroup(click.Group):
@@ -236,7 +286,8 @@ def run_group() -> None:
 
 def _thread_options(func):
     func = click.option("--thread", default=None, help="conversation name; resumes it after a restart")(func)
-    return click.option("--max-steps", type=int, default=25, show_default=True, help="graph step limit")(func)
+    return click.option("--max-steps", type=click.IntRange(min=1), default=25, show_default=True,
+                        help="graph step limit")(func)
 
 
 def _converse(graph, make_input, question: str | None, thread: str | None, max_steps: int) -> None:
@@ -244,11 +295,26 @@ def _converse(graph, make_input, question: str | None, thread: str | None, max_s
     from slmflow.graphs.runner import stream_run, thread_config, unfinished
 
     config = thread_config(thread, max_steps)
-    if thread and unfinished(graph, config):
-        err_console.print(f"[dim]thread {thread}: resuming the unfinished run[/]")
-        _print_reply(stream_run(graph, None, config, err_console))
-    for q in _questions(question):
-        _print_reply(stream_run(graph, make_input(q), config, err_console))
+    try:
+        if thread:
+            _say_thread(graph, config, thread)
+        if thread and unfinished(graph, config):
+            err_console().print(f"[dim]thread {thread}: resuming the unfinished run[/]")
+            _print_reply(stream_run(graph, None, config, err_console()))
+        for q in _questions(question):
+            _print_reply(stream_run(graph, make_input(q), config, err_console()))
+    except sqlite3.DatabaseError as err:  # the store went bad while the run used it
+        raise SlmflowError(f"the thread store failed while running thread {thread} ({err})",
+                           "move the store aside to start fresh threads (`agents models` shows the cache)") from None
+
+
+def _say_thread(graph, config: dict, thread: str) -> None:
+    """Whether ``--thread`` resumes a conversation or starts one, so a lost thread is never silent."""
+    from rich.markup import escape
+
+    turns = len(graph.get_state(config).values.get("messages") or [])
+    what = f"resuming ({turns} messages)" if turns else "a new thread (nothing saved under this name)"
+    err_console().print(f"[dim]thread {escape(thread)}: {what}[/]", highlight=False)
 
 
 def _print_reply(values: dict) -> None:
@@ -267,6 +333,7 @@ def _print_reply(values: dict) -> None:
 def assistant_command(question, images, docs_folder, thread, max_steps) -> None:
     """The router graph: each request goes to the mini, vision, moe or docs node that suits it."""
     from slmflow.graphs.assistant import AssistantGraph
+    from slmflow.progress_bars import index_progress_bar
 
     assistant = AssistantGraph(docs_folder=docs_folder)
     with index_progress_bar(shown=docs_folder is not None) as shown:
@@ -304,7 +371,7 @@ def _user_graph_command(target: str) -> click.Command:
 @click.option("-q", "--question", default=None, help="answer this question and exit")
 @click.option("--json", "as_json", is_flag=True, help="print answer, citations and timings as JSON")
 @click.option("--model", "model_spec", default=None, help="answering model spec (default: the mini role)")
-@click.option("-k", "k", type=int, default=5, show_default=True, help="chunks retrieved per question")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="chunks retrieved per question")
 @click.option("--pick", type=click.Choice(["rule", "model"]), default="rule", show_default=True,
               help="who picks a wh-answer among the evidence's pieces (model: under a quote constraint)")
 @_index_options
@@ -312,6 +379,7 @@ def _user_graph_command(target: str) -> click.Command:
 def docs_qa_command(folder, question, as_json, model_spec, k, pick, index_dir, index_url, include, no_ocr) -> None:
     """Answer questions about the documents in FOLDER from a quoted sentence of them."""
     from slmflow.agents.docs_qa import DocsQA
+    from slmflow.progress_bars import index_progress_bar
 
     qa = DocsQA(folder, model_spec, index_dir=index_dir, k=k, include=list(include) or None, index_url=index_url,
                 pick=pick)
@@ -328,7 +396,7 @@ def docs_qa_command(folder, question, as_json, model_spec, k, pick, index_dir, i
             click.echo(result.model_dump_json(indent=2))
             return
         click.echo(result.render())
-        err_console.print(f"[dim]retrieval {result.retrieval_ms:.0f} ms, answer {result.generation_ms:.0f} ms "
+        err_console().print(f"[dim]retrieval {result.retrieval_ms:.0f} ms, answer {result.generation_ms:.0f} ms "
                           f"({result.completion_tokens} tokens)[/]", highlight=False)
 
     for q in _questions(question, "ask about the documents"):
@@ -347,16 +415,20 @@ def served_name(entry: str) -> tuple[str, str]:
 @click.option("--model", "model_specs", multiple=True,
               help="model to serve: SPEC, named by the spec, or NAME=SPEC (repeatable; default: embedded)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback by default)")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="SLMFLOW_SERVE_API_KEY", default=None, show_envvar=True,
               help="require 'Authorization: Bearer KEY' (prefer the variable: a flag shows in ps)")
-@click.option("--max-tokens", type=int, default=2048, show_default=True, help="most tokens one reply may ask for")
-@click.option("--max-request-bytes", type=int, default=1 << 20, show_default=True, help="larger bodies get 413")
-@click.option("--max-queue", type=int, default=64, show_default=True, help="waiting requests per model before 429")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="most tokens one reply may ask for")
+@click.option("--max-request-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+              help="larger bodies get 413")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="waiting requests per model before 429")
 @_user_errors
 def serve_command(model_specs, host, port, api_key, max_tokens, max_request_bytes, max_queue) -> None:
     """Serve models through the OpenAI chat-completions API (/v1) and Ollama's chat API (/api)."""
     import uvicorn
+    from slmflow.runtime.model import load_model
     from slmflow.serve.app import create_app
     from slmflow.serve.state import ServeSettings
 
@@ -364,9 +436,9 @@ def serve_command(model_specs, host, port, api_key, max_tokens, max_request_byte
                              max_request_bytes=max_request_bytes, max_queue=max_queue)
     models = {name: load_model(spec) for name, spec in map(served_name, model_specs or ("embedded",))}
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        err_console.print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach "
+        err_console().print(f"[yellow]warning:[/] serving on {host} without an API key: anyone who can reach "
                           "this port can use the models", highlight=False)
-    err_console.print(f"serving {', '.join(models)} at http://{host}:{port} (OpenAI: /v1, Ollama: /api)",
+    err_console().print(f"serving {', '.join(models)} at http://{host}:{port} (OpenAI: /v1, Ollama: /api)",
                       highlight=False)
     uvicorn.run(create_app(models, settings), host=host, port=port, log_level="warning")
 
@@ -386,7 +458,7 @@ def eval_group() -> None:
 
 
 def _suite_command(name: str, target: str):
-    @click.option("--limit", type=int, default=None, help="items per category")
+    @click.option("--limit", type=click.IntRange(min=1), default=None, help="items per category")
     @click.option("--model", "model_spec", default=None, help="model spec (default: embedded)")
     @click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/SUITE)")
     @click.option("--data", type=click.Path(), default=None, help="the suite's data folder (default: shared/data)")
@@ -400,6 +472,7 @@ def _suite_command(name: str, target: str):
         from pathlib import Path
 
         from slmflow.evals.harness import run_suite
+        from slmflow.runtime.model import load_model
 
         module, cls = target.split(":")
         suite_class = getattr(importlib.import_module(module), cls)
@@ -409,10 +482,10 @@ def _suite_command(name: str, target: str):
         suite = suite_class(data=Path(data) if data else None, **options)
         out_dir = Path(out or f"evals-out/{name}")
         run = run_suite(suite, load_model(model_spec), out_dir, limit=limit, modes=list(modes) or None)
-        table = Table("metric", *run.summary)
+        table = _table("metric", *run.summary)
         for key in sorted({k for row in run.summary.values() for k in row}):
             table.add_row(key, *(str(row.get(key, "")) for row in run.summary.values()))
-        Console().print(table)
+        _print_table(table)
         click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'}")
 
     command.__doc__ = f"Run the {name} suite."
@@ -430,12 +503,12 @@ def eval_compare(a: str, b: str) -> None:
     """Compare two results.json files metric by metric (B minus A)."""
     from slmflow.evals.harness import compare
 
-    table = Table("mode", "metric", "A", "B", "B - A")
+    table = _table("mode", "metric", "A", "B", "B - A")
     for mode, key, va, vb in compare(a, b):
         delta = vb - va
         colour = "red" if key.startswith("accuracy") and delta < 0 else ""
         table.add_row(mode, key, str(va), str(vb), f"[{colour}]{delta:+.4f}[/]" if colour else f"{delta:+.4f}")
-    Console().print(table)
+    _print_table(table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,18 @@ def index_progress_bar(shown: bool = True) -> Iterator[OnIndexProgress | None]:
         def draw(tick: IndexProgress) -> None:
             if tick.folder not in tasks:
                 tasks[tick.folder] = bar.add_task(tick.folder, total=tick.total, rate="")
-            bar.update(tasks[tick.folder], completed=tick.done,
-                       rate=f"{tick.files_per_s:.1f} files/s {tick.chunks_per_s:.0f} chunks/s")
+            bar.update(tasks[tick.folder], completed=tick.done, rate=_rate(tick))
 
         yield draw
+
+
+def _rate(tick: IndexProgress) -> str:
+    """The file being read and how far into it (pages of a PDF, chunks of a big file) while one
+    is; the rates between files. A rate of 0 files/s a minute into a 300-page PDF says nothing."""
+    from rich.markup import escape
+
+    if tick.file and tick.part_total:
+        return escape(f"{tick.file}: {tick.part_unit} {tick.part_done}/{tick.part_total}")
+    if tick.done == 0:
+        return "reading the first file"
+    return f"{tick.files_per_s:.1f} files/s {tick.chunks_per_s:.0f} chunks/s"

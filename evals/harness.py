@@ -55,6 +55,9 @@ class ItemResult(BaseModel):
 
 
 class Suite(Protocol):
+    """A suite may also define ``prepare(model, modes, on_progress)``: work every item shares (an
+    index to build), run before the first item with its progress shown, and timed in no item."""
+
     name: str
     modes: list[str]  # run by default; a suite may also list ``extra_modes`` that run only when named
 
@@ -105,6 +108,12 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
         raise SlmflowError(f"suite {suite.name} has no mode {', '.join(unknown)}", f"choose from {known}")
     modes = modes or suite.modes
     items = suite.items(limit)
+    prepare = getattr(suite, "prepare", None)
+    if prepare is not None:  # set-up (indexing a corpus, say) is shown, and kept out of every item's latency
+        from slmflow.progress_bars import index_progress_bar
+
+        with index_progress_bar() as shown:
+            prepare(model, modes, on_progress=shown)
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task(f"{suite.name}", total=len(items) * len(modes))

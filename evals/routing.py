@@ -23,6 +23,7 @@ from slmflow.graphs.assistant import RouteSignals, decide_route
 from slmflow.runtime.tool_calling import ToolSpec
 from slmflow.runtime.tool_selection import ToolSelector
 from slmflow.tools import calculator, current_time
+from slmflow.tools.rag.index import OnIndexProgress
 
 _PROBLEMS = [
     "{a} people share {b} sweets equally. How many sweets does each person get and how many are left over?",
@@ -78,11 +79,16 @@ class RoutingSuite:
                           metrics={"route_ms": latency * 1000, "route_tokens": float(tokens)}, latency_s=latency,
                           tokens=tokens, output=route)
 
-    def _signals(self, request: str, model) -> RouteSignals:
-        if self._selector is None:
+    def prepare(self, model, modes: list[str], on_progress: OnIndexProgress | None = None) -> None:
+        """The signals mode's documents folder (the wikiqa articles, all of them: the docs signal is
+        retrieval among them) indexed, and the tool selector built, before any item is timed."""
+        if "signals" in modes and self._selector is None:
             from slmflow.agents.docs_qa import DocsQA
 
             self._selector = ToolSelector()
             self._docs = DocsQA(self.wikiqa / "corpus", model, include=WIKIQA_FILES)
-            self._docs.update_index()
+            self._docs.update_index(on_progress=on_progress)
+
+    def _signals(self, request: str, model) -> RouteSignals:
+        self.prepare(model, ["signals"])  # run() called without the harness
         return RouteSignals.measure(request, self._selector, self.tools, self._docs.retriever)

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from slmflow.agents.agent import Agent, AgentLimits
 from slmflow.agents.follow_ups import with_antecedent
 from slmflow.runtime import Model, load_model
+from slmflow.runtime.config import load_config
 from slmflow.runtime.constraints import Choice
 from slmflow.runtime.loop import Usage
 from slmflow.runtime.messages import as_messages, drop_oldest_turns
@@ -209,6 +210,8 @@ class AssistantGraph:
         """``models``: a model per role (mini, moe) to use instead of the configured ones."""
         self.docs_folder = docs_folder
         self.models = dict(models or {})
+        if not {"mini", "moe"} <= self.models.keys():
+            load_config()  # a role naming a missing model fails now, not at the first node that runs it
         self.limits = limits or GraphLimits()
         self.tools = [calculator, current_time, *tools]
         self.allow_mutating = allow_mutating_tools

@@ -55,19 +55,30 @@ def load_user_graph(target: str):
     return graph
 
 
+class ThreadStoreError(SlmflowError):
+    """The thread store cannot be trusted: damaged, or emptied behind our back."""
+
+
 def sqlite_checkpointer(path: Path | None = None):
-    """LangGraph's SQLite saver on ``path`` (default ``<cache>/threads.sqlite``)."""
+    """LangGraph's SQLite saver on ``path`` (default ``<cache>/threads.sqlite``), checked first: a
+    damaged store (``PRAGMA quick_check``) or one truncated to 0 bytes is refused by name, since
+    going on would start the user's threads from nothing without a word."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     path = path or cache_root() / "threads.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
+    aside = f"move it aside (mv {path} {path}.damaged) to start fresh threads; nothing else uses it"
+    if path.exists() and path.stat().st_size == 0:  # SQLite never leaves an empty file once set up
+        raise ThreadStoreError(f"the thread store {path} is empty (0 bytes): the threads it held are gone", aside)
     try:
         connection = sqlite3.connect(str(path), check_same_thread=False)
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(problems[0])
         saver = SqliteSaver(connection)
         saver.setup()
     except sqlite3.DatabaseError as err:
-        raise SlmflowError(f"the thread store {path} is unreadable ({err})",
-                           "move it aside to start fresh threads; nothing else uses it") from None
+        raise ThreadStoreError(f"the thread store {path} is damaged ({err})", aside) from None
     return saver
 
 

@@ -57,6 +57,14 @@ class SlmflowConfig(BaseModel):
     source: Path | None = None
 
 
+class _FileConfig(BaseModel):
+    """What ``slmflow.toml`` itself may hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roles: RolesConfig = RolesConfig()
+
+
 _fallback_logged: set[Role] = set()
 
 
@@ -75,7 +83,9 @@ def load_config(path: Path | None = None) -> SlmflowConfig:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"cannot read {candidate}: {err}", "fix the TOML syntax") from err
         try:
-            return SlmflowConfig(**raw, source=candidate)
+            # The file's own keys are validated without ``source``: a stray top-level ``source = ...``
+            # is an unknown key like any other, not a clash with the path we record.
+            config = SlmflowConfig(roles=_FileConfig.model_validate(raw).roles, source=candidate)
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
@@ -83,6 +93,9 @@ def load_config(path: Path | None = None) -> SlmflowConfig:
                 f"{candidate}: field '{field}': {first['msg']}",
                 "allowed: [roles] with keys mini, vision, moe mapping to model specs",
             ) from err
+        for role in Role:  # a role naming a missing model fails here, when the file is read, not mid-run
+            _configured_spec(config, role)
+        return config
     if path is not None:
         raise ConfigError(f"config file {path} does not exist", "check the path")
     return SlmflowConfig()
@@ -97,13 +110,24 @@ def spec_for_role(role: Role | str, config: SlmflowConfig | None = None) -> Mode
             f"unknown role '{role}'", f"use one of: {', '.join(r.value for r in Role)}"
         ) from None
     config = config if config is not None else load_config()
-    text = getattr(config.roles, role.value)
-    if text is None:
+    spec = _configured_spec(config, role)
+    if spec is None:
+        # Said at info level (shown with -v), once per role: most users run on the embedded
+        # default on purpose, and `agents models` lists which roles are configured.
         if role not in _fallback_logged:
             _fallback_logged.add(role)
             where = config.source or " or ".join(str(p) for p in config_paths())
-            log.warning("role '%s' has no model in %s; using the embedded default", role.value, where)
+            log.info("role '%s' has no model in %s; using the embedded default", role.value, where)
         return parse_spec(DEFAULT_SPEC)
+    return spec
+
+
+def _configured_spec(config: SlmflowConfig, role: Role) -> ModelSpec | None:
+    """The role's spec as the config file gives it (None when it gives none), the file and key named
+    in the error when the spec is wrong or its path is missing."""
+    text = getattr(config.roles, role.value)
+    if text is None:
+        return None
     try:
         return parse_spec(text)
     except ModelSpecError as err:

@@ -274,3 +274,172 @@ def test_generate_refuses_damaged_embedded_weights_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "model.onnx.data has changed since it was built" in proc.stderr
+
+
+# 4-5. Indexing: per-batch commits inside a big file, progress inside it, a full disk in one line.
+
+def _big_corpus(tmp_path, sentences: int = 400):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "big.txt").write_text(" ".join(f"Gauge {j} read {j} millimetres of rain." for j in range(sentences)),
+                                    encoding="utf-8")
+    return corpus
+
+
+def test_a_big_file_is_committed_a_batch_at_a_time_and_resumed_after_a_kill(tmp_path, monkeypatch):
+    from slmflow.tools.rag import index as index_module
+    from slmflow.tools.rag.index import DocumentIndex
+
+    monkeypatch.setattr(index_module, "EMBED_BATCH_CHUNKS", 8)
+    corpus = _big_corpus(tmp_path)
+    idx = DocumentIndex(corpus, tmp_path / "index")
+    real_embed, calls = idx.embedder.embed, []
+
+    def killed_on_third_batch(texts):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill between the second commit and the third
+        return real_embed(texts)
+
+    monkeypatch.setattr(idx.embedder, "embed", killed_on_third_batch)
+    ticks = []
+    with pytest.raises(KeyboardInterrupt):
+        idx.update(on_progress=ticks.append)
+    record = idx.file_records()["big.txt"]
+    assert record["stored"] == 16 and record["chunks"] > 16 and idx.count() == 16
+    assert any(t.file == "big.txt" and t.part_unit == "chunks" and t.part_done == 16 for t in ticks)
+
+    monkeypatch.setattr(idx.embedder, "embed", real_embed)
+    resumed = idx.update()
+    assert resumed.chunks_added == record["chunks"] - 16  # only the chunks after the stored ones
+    assert idx.count() == record["chunks"] and idx.file_records()["big.txt"]["stored"] == record["chunks"]
+    assert idx.update().files_unchanged == 1
+
+
+@pytest.mark.slow  # mounts a small tmpfs and runs the CLI
+def test_a_full_disk_while_indexing_is_one_line_and_the_index_stays_readable(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        corpus = tmp_path / "many"
+        corpus.mkdir()
+        for i in range(60):
+            (corpus / f"n{i:02d}.txt").write_text(
+                " ".join(f"Station {i} measured {j} mm of rain on day {j}." for j in range(300)), encoding="utf-8")
+        done = subprocess.run([sys.executable, "-m", "slmflow.cli", "index", str(corpus), "--index", str(disk / "i")],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "disk holding the index" in done.stderr and "is full" in done.stderr
+        from slmflow.tools.rag.index import DocumentIndex
+        from slmflow.tools.rag.retrieval import Retriever
+
+        still = DocumentIndex(corpus, disk / "i")
+        assert still.count() > 0 and Retriever(still).search("rain at station 3", k=2)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+# 6. The thread store: damaged or emptied stores are refused by name, never silently restarted.
+
+def test_an_emptied_or_damaged_thread_store_is_refused(tmp_path):
+    from slmflow.graphs.runner import ThreadStoreError, sqlite_checkpointer
+
+    empty = tmp_path / "threads.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(ThreadStoreError, match="empty"):
+        sqlite_checkpointer(empty)
+    good = tmp_path / "good.sqlite"
+    sqlite_checkpointer(good).conn.close()
+    data = bytearray(good.read_bytes())
+    assert len(data) > 8192
+    data[4096:8192] = os.urandom(4096)  # garbage in a middle page, header intact
+    good.write_bytes(bytes(data))
+    with pytest.raises(ThreadStoreError, match="damaged"):
+        sqlite_checkpointer(good)
+
+
+# 7. Config and CLI input.
+
+def test_a_stray_top_level_key_in_the_config_is_a_config_error(tmp_path):
+    from slmflow.runtime.config import load_config
+    from slmflow.runtime.errors import ConfigError
+
+    path = tmp_path / "slmflow.toml"
+    path.write_text('source = "/etc"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="source"):
+        load_config(path)
+
+
+def test_a_role_naming_a_missing_model_fails_when_the_graph_is_made(tmp_path, monkeypatch):
+    from slmflow.graphs.assistant import AssistantGraph
+    from slmflow.runtime.errors import ConfigError
+
+    (tmp_path / "slmflow.toml").write_text('[roles]\nmoe = "hf:/no/such/model"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="roles.moe"):
+        AssistantGraph()
+
+
+def _agents(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "slmflow.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("args", [["generate", "hi", "--temperature", "-1"], ["generate", "hi", "--top-p", "nan"],
+                                  ["eval", "bfcl", "--limit", "-1"], ["generate", "hi", "--max-tokens", "0"]])
+def test_bad_flags_are_one_line_errors(args):
+    done = _agents(*args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "ValidationError" not in done.stderr
+    assert args[-2] in done.stderr
+
+
+def test_a_config_hint_keeps_its_brackets(tmp_path):
+    (tmp_path / "slmflow.toml").write_text("[roles]\nlarge = 'x'\n", encoding="utf-8")
+    done = _agents("models", cwd=tmp_path)
+    assert done.returncode == 2 and "[roles]" in done.stderr
+
+
+def test_indexing_an_empty_folder_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = _agents("index", str(tmp_path / "empty"), "--index", str(tmp_path / "i"))
+    assert done.returncode == 2 and "has no files" in done.stderr
+
+
+def test_a_symlink_loop_does_not_break_list_files(tmp_path):
+    from slmflow.tools.builtin import file_tools
+
+    (tmp_path / "a.txt").write_text("x", encoding="utf-8")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    list_files = {t.name: t for t in file_tools(tmp_path)}["list_files"]
+    assert list_files.fn(".") == ["a.txt"]
+
+
+def test_an_unreadable_subfolder_is_named(tmp_path, monkeypatch):
+    from slmflow.tools.rag.index import walk
+
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "a.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # chmod 000 does not stop root, so the refusal is made here
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    said: list[str] = []
+    assert [p.name for p in walk(tmp_path, on_unreadable=said.append)] == ["a.txt"]
+    assert said == ["locked/: folder unreadable (Permission denied)"]
+
+
+# 8. First run: the command line answers without importing the runtime's heavy libraries.
+
+def test_the_cli_module_imports_neither_torch_nor_rich():
+    done = subprocess.run([sys.executable, "-c", "import sys, slmflow.cli; "
+                           "print(sorted(m for m in ('torch', 'rich', 'chromadb', 'transformers') if m in sys.modules))"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -41,7 +41,10 @@ class Folder:
             raise ToolError(f"absolute path '{relative}' refused: give a path relative to the folder")
         if ".." in path.parts:
             raise ToolError(f"path '{relative}' refused: '..' may not leave the folder")
-        full = (self.root / path).resolve()
+        try:
+            full = (self.root / path).resolve()
+        except (RuntimeError, OSError):  # a symlink loop (RuntimeError up to 3.12, OSError after)
+            raise ToolError(f"path '{relative}' refused: it is a symbolic link loop") from None
         if full != self.root and self.root not in full.parents:
             raise ToolError(f"path '{relative}' refused: it links outside the folder")
         return full
@@ -86,8 +89,8 @@ def file_tools(root: str | Path, max_bytes: int = MAX_READ_BYTES) -> list[Tool]:
         for child in sorted(target.iterdir())[:MAX_LISTED]:
             try:
                 rel = child.resolve().relative_to(folder.root)
-            except ValueError:
-                continue  # a link out of the root is not shown
+            except (ValueError, RuntimeError, OSError):
+                continue  # a link out of the root, or a link loop, is not shown
             entries.append(f"{rel}/" if child.is_dir() else str(rel))
         return entries
 

@@ -2,10 +2,16 @@
 Chroma server given by URL), kept in step with a folder incrementally and safely.
 
 Two collections: ``chunks`` (text, embedding, citation metadata) and ``files`` (one record per
-indexed file: content hash, size, mtime, chunk count). A file's record is written only after all
-its chunks, and removed before they are replaced, so a file without a record is unfinished. A run
-killed at any point therefore leaves an index that answers queries from every finished file, and
-the next run redoes just the unfinished ones (their stray chunks are swept first).
+indexed file: content hash, size, mtime, chunk count, chunks stored). Chunks are embedded and
+committed in batches of EMBED_BATCH_CHUNKS; a file's record is written after its chunks, and
+removed before they are replaced, so chunks without a record are an unfinished run's. A file
+too big for one batch gets a partial record after each batch (``stored`` of ``chunks``), so a
+kill loses at most one batch of work: the next run re-reads the file and embeds only the chunks
+after ``stored`` (chunking is deterministic, and ids are the file's key and the chunk's number).
+A run killed at any point therefore leaves an index that answers queries from every finished
+file (and a partial file's stored chunks); the next run redoes just the rest, stray chunks
+swept first. A full disk stops the run with one line naming the index; what was committed
+before stays readable.
 
 A file is re-embedded only when its content hash changed; size and mtime spare the hashing of
 files that were not touched. Deleted files lose their chunks and record.
@@ -13,6 +19,7 @@ files that were not touched. Deleted files lose their chunks and record.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import logging
@@ -55,13 +62,20 @@ class IndexSettings(BaseModel):
 
 
 class IndexProgress(BaseModel):
-    """Where an index update stands: ``done`` of ``total`` changed files, and the rates so far."""
+    """Where an index update stands: ``done`` of ``total`` changed files, the rates so far, and
+    inside the file being worked on (``file``) how far it is: ``part_done`` of ``part_total``
+    ``part_unit`` (pages read of a PDF, chunks embedded of a big file), so a long file shows
+    movement instead of a bar stuck at 0."""
 
     folder: str
     done: int
     total: int
     files_per_s: float
     chunks_per_s: float
+    file: str = ""
+    part_done: int = 0
+    part_total: int = 0
+    part_unit: str = ""
 
 
 OnIndexProgress = Callable[[IndexProgress], None]
@@ -127,10 +141,19 @@ def _name(prefix: str, collection: str) -> str:
     return f"{safe[:400]}-{collection}"
 
 
-def walk(folder: Path, include: list[str] | None = None) -> list[Path]:
-    """Files under ``folder`` (hidden and tool folders skipped; ``include`` globs match file names)."""
+def walk(folder: Path, include: list[str] | None = None,
+         on_unreadable: Callable[[str], None] | None = None) -> list[Path]:
+    """Files under ``folder`` (hidden and tool folders skipped; ``include`` globs match file names).
+    A subfolder that cannot be listed is told to ``on_unreadable`` by its path in ``folder``, so a
+    user learns which files the index is missing instead of finding fewer answers."""
+
+    def unreadable(err: OSError) -> None:
+        if on_unreadable is not None:
+            where = Path(err.filename).relative_to(folder).as_posix() if err.filename else str(folder)
+            on_unreadable(f"{where}/: folder unreadable ({err.strerror})")
+
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith("."))
         for name in sorted(files):
             if name.startswith(".") or (include and not any(fnmatch.fnmatch(name, g) for g in include)):
@@ -233,7 +256,7 @@ class DocumentIndex:
 
         start = time.perf_counter()
         stats = IndexStats()
-        paths = walk(self.folder, include)
+        paths = walk(self.folder, include, on_unreadable=stats.warnings.append)
         stats.files_seen = len(paths)
         records = self.file_records()
         current = {self._relative(p): p for p in paths}
@@ -247,32 +270,38 @@ class DocumentIndex:
                 stats.warnings.append(f"{rel}: unreadable ({err.strerror})")
                 continue
             record = records.get(rel)
-            if record and record["size"] == st.st_size and record["mtime_ns"] == str(st.st_mtime_ns):
+            if record and _complete(record) and record["size"] == st.st_size \
+                    and record["mtime_ns"] == str(st.st_mtime_ns):
                 stats.files_unchanged += 1
             else:
                 todo.append((rel, path, st))
 
-        pending: list[tuple[str, dict, list[Chunk]]] = []
+        pending: list[_PendingFile] = []
         if todo:
             log.info("indexing %d new or changed files of %s", len(todo), self.folder)
+        done = 0
 
-        def tell(done: int) -> None:
+        def tell(file: str = "", part_done: int = 0, part_total: int = 0, unit: str = "") -> None:
             if on_progress is not None and todo:
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 on_progress(IndexProgress(folder=self.folder.name, done=done, total=len(todo),
                                           files_per_s=stats.files_embedded / elapsed,
-                                          chunks_per_s=stats.chunks_added / elapsed))
+                                          chunks_per_s=stats.chunks_added / elapsed, file=file,
+                                          part_done=part_done, part_total=part_total, part_unit=unit))
 
-        tell(0)
-        for done, (rel, path, st) in enumerate(todo, 1):
-            self._prepare(rel, path, st, records.get(rel), ocr_image if ocr else None, pending, stats)
-            if sum(len(c) for _, _, c in pending) >= EMBED_BATCH_CHUNKS:
-                self._write(pending, stats)
-            tell(done)
-        self._write(pending, stats)
-        tell(len(todo))  # the rates with the last batch embedded
-        for warning in stats.warnings:
-            log.warning("skipped %s", warning)
+        tell()
+        for position, (rel, path, st) in enumerate(todo):
+            done = position  # files finished, read by tell(); this one is not while it is read
+            self._prepare(rel, path, st, records.get(rel), ocr_image if ocr else None, pending, stats,
+                          on_page=lambda k, n, rel=rel: tell(rel, k, n, "pages"))
+            if sum(p.unsent for p in pending) >= EMBED_BATCH_CHUNKS:
+                self._write(pending, stats, tell)
+            done = position + 1
+            tell()
+        self._write(pending, stats, tell)
+        tell()  # the rates with the last batch embedded
+        for warning in stats.warnings:  # info: the caller reports them (the CLI prints each once)
+            log.info("skipped %s", warning)
         for note in stats.notes:
             log.info("note: %s", note)
         stats.chunks_total = self.count()
@@ -296,27 +325,30 @@ class DocumentIndex:
         if stray:
             self.chunks.delete(ids=stray)
 
-    def _prepare(self, rel, path, st, record, ocr, pending, stats) -> None:
-        """Load and chunk one changed file, queueing it for embedding; unchanged content is only re-stamped."""
+    def _prepare(self, rel, path, st, record, ocr, pending, stats, on_page=None) -> None:
+        """Load and chunk one changed file, queueing it for embedding; unchanged content is only
+        re-stamped, and a file a killed run left partly stored goes on after its stored chunks."""
         try:
             digest = file_sha256(path)
         except OSError as err:
             stats.warnings.append(f"{rel}: unreadable ({err.strerror})")
             return
         meta = {"hash": digest, "size": st.st_size, "mtime_ns": str(st.st_mtime_ns)}
-        if record and record["hash"] == digest:
+        if record and record["hash"] == digest and _complete(record):
             self.files.upsert(ids=[rel], metadatas=[{**record, **meta}], embeddings=[_NO_VECTOR])
             stats.files_unchanged += 1
             return
+        resumed = record is not None and record["hash"] == digest  # a partial record of this content
         try:
-            doc = load_document(path, ocr)
+            doc = load_document(path, ocr, on_page)
         except LoadError as err:
             stats.warnings.append(f"{rel}: {err}")
             doc = None
         except Exception as err:  # a parser's own bug on one file (pypdf, python-docx) must not stop the run
-            stats.warnings.append(f"{rel}: unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            first = str(err).splitlines()[0] if str(err) else ""
+            stats.warnings.append(f"{rel}: unreadable ({type(err).__name__}: {first})")
             doc = None
-        if record:  # the old version goes first: its record, then its chunks
+        if record and (doc is None or not resumed):  # the old version goes first: its record, then its chunks
             self.files.delete(ids=[rel])
             self.chunks.delete(where={"path": rel})
         if doc is None:
@@ -327,23 +359,86 @@ class DocumentIndex:
                                 self.settings.overlap_tokens)
         if not chunks:
             stats.warnings.append(f"{rel}: no text found")
-        pending.append((rel, {**meta, "chunks": len(chunks)}, chunks))
+        stored = min(int(record.get("stored", 0)), len(chunks)) if resumed else 0
+        if stored:
+            stats.notes.append(f"{rel}: resumed after the {stored} chunks an interrupted run stored")
+        pending.append(_PendingFile(rel=rel, meta={**meta, "chunks": len(chunks)}, chunks=chunks, sent=stored))
 
-    def _write(self, pending: list[tuple[str, dict, list[Chunk]]], stats: IndexStats) -> None:
-        """Embed and store the queued files' chunks, then (only then) their file records."""
-        if not pending:
-            return
-        chunks = [c for _, _, cs in pending for c in cs]
-        if chunks:
-            vectors = self.embedder.embed([c.embedding_text() for c in chunks])
-            self.chunks.add(ids=[c.id for c in chunks], embeddings=vectors, documents=[c.text for c in chunks],
-                            metadatas=[_metadata(c) for c in chunks])
-        self.files.upsert(ids=[rel for rel, _, _ in pending], metadatas=[m for _, m, _ in pending],
-                          embeddings=[_NO_VECTOR] * len(pending))
-        stats.files_embedded += len(pending)
-        stats.chunks_added += len(chunks)
-        log.info("stored %d files (%d chunks)", len(pending), len(chunks))
-        pending.clear()
+    def _write(self, pending: list[_PendingFile], stats: IndexStats,
+               tell: Callable[..., None] = lambda *a, **k: None) -> None:
+        """Embed and commit the queued files' chunks a batch at a time, then (only then) each file's
+        record; a file still unfinished after a batch gets a partial record, so a kill loses one
+        batch. Chroma's own errors are turned into one line (a full disk most of all)."""
+        try:
+            self._write_batches(pending, stats, tell)
+        except Exception as err:  # chromadb wraps sqlite's and the file system's errors in its own types
+            if _disk_full(err):
+                raise IndexUnusableError(
+                    f"the disk holding the index {self.location} is full; {stats.files_embedded} files were "
+                    f"stored this run before it filled",
+                    "free some space and run again: the index still answers from what was stored, and the "
+                    "next run goes on from there") from None
+            raise
+
+    def _write_batches(self, pending: list[_PendingFile], stats: IndexStats, tell: Callable[..., None]) -> None:
+        while pending:
+            batch: list[tuple[_PendingFile, Chunk]] = []  # the next chunks in file order, up to a batch
+            for file in pending:
+                room = EMBED_BATCH_CHUNKS - len(batch)
+                batch += [(file, chunk) for chunk in file.chunks[file.sent:file.sent + room]]
+                if len(batch) >= EMBED_BATCH_CHUNKS:
+                    break
+            if batch:
+                chunks = [c for _, c in batch]
+                vectors = self.embedder.embed([c.embedding_text() for c in chunks])
+                self.chunks.upsert(ids=[c.id for c in chunks], embeddings=vectors,
+                                   documents=[c.text for c in chunks], metadatas=[_metadata(c) for c in chunks])
+                for file, _ in batch:
+                    file.sent += 1
+                stats.chunks_added += len(chunks)
+            finished = [f for f in pending if not f.unsent]
+            started = [f for f in pending if f.unsent and f.sent]  # a big file, part stored
+            # "stored" is always written: Chroma merges a record's metadata on upsert, so a key left
+            # out would keep the partial count of an earlier batch.
+            records = [{**f.meta, "stored": f.sent} for f in [*finished, *started]]
+            if records:
+                self.files.upsert(ids=[f.rel for f in [*finished, *started]], metadatas=records,
+                                  embeddings=[_NO_VECTOR] * len(records))
+            stats.files_embedded += len(finished)
+            log.info("stored %d chunks; %d files finished", len(batch), len(finished))
+            pending[:] = [f for f in pending if f.unsent]
+            if started:
+                tell(started[0].rel, started[0].sent, len(started[0].chunks), "chunks")
+
+
+class _PendingFile(BaseModel):
+    """A changed file's chunks waiting to be embedded; ``sent`` of them are committed already."""
+
+    rel: str
+    meta: dict
+    chunks: list[Chunk]
+    sent: int = 0
+
+    @property
+    def unsent(self) -> int:
+        return len(self.chunks) - self.sent
+
+
+def _complete(record: dict) -> bool:
+    """A file record that covers all its chunks (records written before partial ones have no ``stored``)."""
+    return "stored" not in record or int(record["stored"]) >= int(record.get("chunks", 0))
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is the file system saying it has no space."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if re.search(r"disk is full|no space left|SQLITE_FULL|quota exceeded", str(seen), re.I):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _metadata(chunk: Chunk) -> dict:

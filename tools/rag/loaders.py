@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -162,8 +164,45 @@ def load_html(path: Path) -> Document:
     return builder.document(path, title or next((s.heading for s in builder.sections if s.heading), path.stem))
 
 
-def load_pdf(path: Path, ocr: Callable[[bytes], str] | None = None) -> Document:
-    """Text per page; a page without a text layer goes through OCR of its embedded images."""
+class _Collected(logging.Handler):
+    """Records a library logs while it reads one file, kept for one note instead of the terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _collected_warnings(logger_name: str) -> Iterator[_Collected]:
+    logger = logging.getLogger(logger_name)
+    handler, propagate = _Collected(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def load_pdf(path: Path, ocr: Callable[[bytes], str] | None = None,
+             on_page: Callable[[int, int], None] | None = None) -> Document:
+    """Text per page; a page without a text layer goes through OCR of its embedded images.
+    ``on_page(done, pages)`` is told after each page (a 300-page filing takes a minute). What pypdf
+    warns about a damaged file becomes one note on the document, not lines in the user's terminal."""
+    with _collected_warnings("pypdf") as warned:
+        builder, title = _read_pdf(path, ocr, on_page)
+    if warned.messages:
+        builder.notes.append(f"the PDF is damaged in places ({len(warned.messages)} pypdf warnings, first: "
+                             f"{warned.messages[0][:120]}); some text may be missing")
+    return builder.document(path, title)
+
+
+def _read_pdf(path: Path, ocr: Callable[[bytes], str] | None,
+              on_page: Callable[[int, int], None] | None) -> tuple[_Builder, str]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -180,10 +219,12 @@ def load_pdf(path: Path, ocr: Callable[[bytes], str] | None = None) -> Document:
         if not text.strip():
             no_text += 1
         builder.add(text, page=number)
+        if on_page is not None:
+            on_page(number, len(pages))
     if no_text == len(pages):
         raise LoadError("PDF has no text layer and OCR found no text in its pages")
     title = (reader.metadata.title if reader.metadata and reader.metadata.title else "") or path.stem
-    return builder.document(path, title)
+    return builder, title
 
 
 def _page_text(page) -> str:
@@ -252,8 +293,10 @@ LOADERS: dict[str, Callable[[Path], Document]] = {
 }
 
 
-def load_document(path: Path, ocr: Callable[[bytes], str] | None = None) -> Document:
-    """The document in ``path``, or :class:`LoadError` saying why it is skipped."""
+def load_document(path: Path, ocr: Callable[[bytes], str] | None = None,
+                  on_page: Callable[[int, int], None] | None = None) -> Document:
+    """The document in ``path``, or :class:`LoadError` saying why it is skipped; ``on_page`` hears
+    of each page of a PDF read."""
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -263,7 +306,7 @@ def load_document(path: Path, ocr: Callable[[bytes], str] | None = None) -> Docu
     suffix = path.suffix.lower()
     try:
         if suffix == ".pdf":
-            return load_pdf(path, ocr)
+            return load_pdf(path, ocr, on_page)
         if suffix in IMAGE_SUFFIXES:
             return load_image(path, ocr)
         return LOADERS.get(suffix, load_text)(path)
