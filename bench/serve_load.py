@@ -61,6 +61,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
+    """`agents serve` (embedded model) on a free loopback port, once it answers: (process, base URL)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "slmflow.cli", "serve", "--port", str(port), *flags],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            httpx.get(base + "/", timeout=2)
+            return server, base
+        except httpx.TransportError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise SystemExit("agents serve did not start") from None
+            time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -68,20 +86,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "slmflow.cli", "serve", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server()
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                httpx.get(base + "/", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("agents serve did not start") from None
-                time.sleep(0.5)
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
         ask(client, "warm up", 4, False)
         expected, single_latency, single_tokens = {}, [], 0
