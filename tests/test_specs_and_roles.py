@@ -51,11 +51,12 @@ def test_unconfigured_role_falls_back_to_embedded_and_says_so_once(tmp_path, mon
     from slmflow.runtime import config
 
     config._fallback_logged.clear()
-    with caplog.at_level(logging.WARNING, logger="slmflow"):
+    with caplog.at_level(logging.INFO, logger="slmflow"):
         first = spec_for_role("vision")
         second = spec_for_role("vision")
     assert first == second == parse_spec("embedded")
-    assert sum("role 'vision' has no model" in r.message for r in caplog.records) == 1
+    said = [r for r in caplog.records if "role 'vision' has no model" in r.message]
+    assert len(said) == 1 and said[0].levelno == logging.INFO  # shown with -v, not on every command (#26)
 
 
 def test_config_with_a_bad_spec_names_the_file_and_role(tmp_path):
