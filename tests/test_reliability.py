@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import shutil
@@ -443,3 +444,47 @@ def test_the_cli_module_imports_neither_torch_nor_rich():
                            "print(sorted(m for m in ('torch', 'rich', 'chromadb', 'transformers') if m in sys.modules))"],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_pypdf_warnings_become_one_note_and_pages_are_reported(tmp_path, caplog):
+    from slmflow.tools.rag.loaders import load_document
+    from test_rag import text_pdf
+
+    data = text_pdf(["The first page says hello.", "The second page says goodbye."])
+    cut = data.rindex(b"startxref\n") + len(b"startxref\n")
+    damaged = tmp_path / "damaged.pdf"
+    damaged.write_bytes(data[:cut] + b"9" + data[cut:])  # a wrong xref offset: pypdf warns and recovers
+    pages: list[tuple[int, int]] = []
+    with caplog.at_level(logging.WARNING):
+        doc = load_document(damaged, on_page=lambda done, total: pages.append((done, total)))
+    assert "goodbye" in doc.text and pages == [(1, 2), (2, 2)]
+    assert [n for n in doc.notes if "damaged in places" in n and "pypdf warnings" in n]
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+
+
+def test_a_suites_set_up_runs_first_and_is_in_no_items_latency(tmp_path):
+    from slmflow.evals.harness import EvalItem, ItemResult, run_suite
+    from slmflow.evals.routing import RoutingSuite
+
+    assert callable(getattr(RoutingSuite, "prepare", None))
+    calls: list[str] = []
+
+    class Slow:
+        name, modes = "slow", ["only"]
+
+        def prepare(self, model, modes, on_progress=None):
+            calls.append("prepare")
+            time.sleep(0.5)
+
+        def items(self, limit):
+            return [EvalItem(id=str(i), category="c", data={}) for i in range(3)]
+
+        def run(self, item, mode, model):
+            calls.append(item.id)
+            return ItemResult(id=item.id, category="c", mode=mode, passed=True, latency_s=0.0, tokens=0, output="")
+
+    class Named:
+        spec = "fake"
+
+    run_suite(Slow(), Named(), tmp_path)
+    assert calls == ["prepare", "0", "1", "2"]  # once, before the first item's clock starts
