@@ -292,7 +292,7 @@ def _thread_options(func):
 
 def _converse(graph, make_input, question: str | None, thread: str | None, max_steps: int) -> None:
     """Ask once (-q) or loop on stdin; a thread left unfinished is resumed first."""
-    from slmflow.graphs.runner import stream_run, thread_config, unfinished
+    from slmflow.graphs.runner import stream_run, thread_config, thread_store_path, unfinished
 
     config = thread_config(thread, max_steps)
     try:
@@ -305,7 +305,7 @@ def _converse(graph, make_input, question: str | None, thread: str | None, max_s
             _print_reply(stream_run(graph, make_input(q), config, err_console()))
     except sqlite3.DatabaseError as err:  # the store went bad while the run used it
         raise SlmflowError(f"the thread store failed while running thread {thread} ({err})",
-                           "move the store aside to start fresh threads (`agents models` shows the cache)") from None
+                           f"move {thread_store_path()} aside to start fresh threads") from None
 
 
 def _say_thread(graph, config: dict, thread: str) -> None:

@@ -59,13 +59,18 @@ class ThreadStoreError(SlmflowError):
     """The thread store cannot be trusted: damaged, or emptied behind our back."""
 
 
+def thread_store_path() -> Path:
+    """Where named threads live by default: ``<cache>/threads.sqlite``."""
+    return cache_root() / "threads.sqlite"
+
+
 def sqlite_checkpointer(path: Path | None = None):
     """LangGraph's SQLite saver on ``path`` (default ``<cache>/threads.sqlite``), checked first: a
     damaged store (``PRAGMA quick_check``) or one truncated to 0 bytes is refused by name, since
     going on would start the user's threads from nothing without a word."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    path = path or cache_root() / "threads.sqlite"
+    path = path or thread_store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     aside = f"move it aside (mv {path} {path}.damaged) to start fresh threads; nothing else uses it"
     if path.exists() and path.stat().st_size == 0:  # SQLite never leaves an empty file once set up

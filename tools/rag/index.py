@@ -27,6 +27,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -364,8 +365,7 @@ class DocumentIndex:
             stats.notes.append(f"{rel}: resumed after the {stored} chunks an interrupted run stored")
         pending.append(_PendingFile(rel=rel, meta={**meta, "chunks": len(chunks)}, chunks=chunks, sent=stored))
 
-    def _write(self, pending: list[_PendingFile], stats: IndexStats,
-               tell: Callable[..., None] = lambda *a, **k: None) -> None:
+    def _write(self, pending: list[_PendingFile], stats: IndexStats, tell: Callable[..., None]) -> None:
         """Embed and commit the queued files' chunks a batch at a time, then (only then) each file's
         record; a file still unfinished after a batch gets a partial record, so a kill loses one
         batch. Chroma's own errors are turned into one line (a full disk most of all)."""
@@ -411,8 +411,10 @@ class DocumentIndex:
                 tell(started[0].rel, started[0].sent, len(started[0].chunks), "chunks")
 
 
-class _PendingFile(BaseModel):
-    """A changed file's chunks waiting to be embedded; ``sent`` of them are committed already."""
+@dataclass
+class _PendingFile:
+    """A changed file's chunks waiting to be embedded; ``sent`` of them are committed already (a
+    plain dataclass: a big file's tens of thousands of chunks are not validated again)."""
 
     rel: str
     meta: dict
