@@ -463,10 +463,12 @@ def _suite_command(name: str, target: str):
     @click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/SUITE)")
     @click.option("--data", type=click.Path(), default=None, help="the suite's data folder (default: shared/data)")
     @click.option("--mode", "modes", multiple=True, help="run only this mode (repeatable; default: all)")
+    @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+                  help="items run at once (a batching model shares its passes among them)")
     @click.option("--split", type=click.Choice(["all", "fit", "report"]), default="all", show_default=True,
                   help="docs-qa-wikiqa: the half of the questions (fit: constants were fitted on it)")
     @_user_errors
-    def command(limit, model_spec, out, data, modes, split) -> None:
+    def command(limit, model_spec, out, data, modes, concurrency, split) -> None:
         import importlib
         import inspect
         from pathlib import Path
@@ -481,7 +483,8 @@ def _suite_command(name: str, target: str):
             raise SlmflowError(f"suite {name} has no --split", "leave --split out for this suite")
         suite = suite_class(data=Path(data) if data else None, **options)
         out_dir = Path(out or f"evals-out/{name}")
-        run = run_suite(suite, load_model(model_spec), out_dir, limit=limit, modes=list(modes) or None)
+        run = run_suite(suite, load_model(model_spec), out_dir, limit=limit, modes=list(modes) or None,
+                        concurrency=concurrency)
         table = _table("metric", *run.summary)
         for key in sorted({k for row in run.summary.values() for k in row}):
             table.add_row(key, *(str(row.get(key, "")) for row in run.summary.values()))

@@ -1,13 +1,13 @@
 """Load test of `agents serve` on loopback: N concurrent OpenAI clients for a fixed time.
 
-Starts `agents serve` (embedded model) as a subprocess, measures each prompt's greedy reply and
-latency with one client, then runs ``--clients`` threads for ``--duration`` seconds, half of them
-streaming. Every concurrent reply must equal the single-client reply for its prompt (requests are
-queued per model; a mixed-up cache or interleaved stream would show here). Stops by itself and
-prints one JSON object: errors, mismatches, p50/p95 latency and throughput, with the single-client
-baseline measured in the same run.
+Starts `agents serve` (embedded model) as a subprocess, takes each prompt's greedy reply with one
+client, then alternates phases of ``--duration`` seconds: one client asking in a loop, then
+``--clients`` threads (half of them streaming), ``--rounds`` times (A B A B). Every reply must
+equal the single-client reply for its prompt (the scheduler batches concurrent requests; a
+mixed-up slot, cache or stream would show here). Prints one JSON object: errors, mismatches, each
+phase's tokens/s, the ratio of the medians, and the concurrent p95 latency over one request's.
 
-    python bench/serve_load.py [--clients 8] [--duration 60] [--max-tokens 32]
+    python bench/serve_load.py [--clients 8] [--duration 30] [--rounds 2] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -79,10 +79,49 @@ def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
+def load_phase(base: str, clients: int, duration: float, max_tokens: int,
+               expected: dict[str, str]) -> dict:
+    """``clients`` threads asking in a loop for ``duration`` seconds (odd ones streaming): requests,
+    tokens, latencies, errors, and replies that differ from the single-client reply."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    counts = {"mismatches": 0, "tokens": 0}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration
+
+    def worker(n: int) -> None:
+        own = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+        i = n
+        while time.monotonic() < stop_at:
+            prompt = PROMPTS[i % len(PROMPTS)]
+            i += 1
+            try:
+                text, tokens, seconds = ask(own, prompt, max_tokens, stream=n % 2 == 1)
+            except Exception as err:  # every failure is counted and reported, not raised
+                with lock:
+                    errors.append(f"{type(err).__name__}: {err}")
+                continue
+            with lock:
+                latencies.append(seconds)
+                counts["tokens"] += tokens
+                counts["mismatches"] += text != expected[prompt]
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"clients": clients, "wall_s": wall, "requests": len(latencies), "errors": errors,
+            "mismatches": counts["mismatches"], "tokens_per_s": counts["tokens"] / wall, "latencies": latencies}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=2, help="single-client then N-client phases, alternated")
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
@@ -90,62 +129,32 @@ def main() -> None:
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
         ask(client, "warm up", 4, False)
-        expected, single_latency, single_tokens = {}, [], 0
-        single_start = time.perf_counter()
-        for prompt in PROMPTS:
-            text, tokens, seconds = ask(client, prompt, args.max_tokens, False)
-            expected[prompt] = text
-            single_latency.append(seconds)
-            single_tokens += tokens
-        single_wall = time.perf_counter() - single_start
-
-        latencies: list[float] = []
-        errors: list[str] = []
-        mismatches = 0
-        tokens_total = 0
-        lock = threading.Lock()
-        stop_at = time.monotonic() + args.duration
-
-        def worker(n: int) -> None:
-            nonlocal mismatches, tokens_total
-            own = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
-            i = n
-            while time.monotonic() < stop_at:
-                prompt = PROMPTS[i % len(PROMPTS)]
-                i += 1
-                try:
-                    text, tokens, seconds = ask(own, prompt, args.max_tokens, stream=n % 2 == 1)
-                except Exception as err:  # every failure is counted and reported, not raised
-                    with lock:
-                        errors.append(f"{type(err).__name__}: {err}")
-                    continue
-                with lock:
-                    latencies.append(seconds)
-                    tokens_total += tokens
-                    mismatches += text != expected[prompt]
-
-        load_start = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        load_wall = time.perf_counter() - load_start
+        expected = {prompt: ask(client, prompt, args.max_tokens, False)[0] for prompt in PROMPTS}
+        single, many = [], []
+        for _ in range(args.rounds):  # A B A B: machine noise hits both alike
+            single.append(load_phase(base, 1, args.duration, args.max_tokens, expected))
+            many.append(load_phase(base, args.clients, args.duration, args.max_tokens, expected))
     finally:
         server.terminate()
         server.wait(30)
 
+    def rate(phases):
+        return statistics.median(p["tokens_per_s"] for p in phases)
+
+    one_latency = statistics.median(x for p in single for x in p["latencies"])
+    many_latencies = [x for p in many for x in p["latencies"]]
+    errors = [e for p in single + many for e in p["errors"]]
     print(json.dumps({
-        "clients": args.clients, "duration_s": round(load_wall, 1), "max_tokens": args.max_tokens,
-        "requests": len(latencies), "errors": len(errors), "first_errors": errors[:3], "mismatched_outputs": mismatches,
-        "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
-        "latency_p95_s": round(percentile(latencies, 0.95), 3) if latencies else None,
-        "throughput_req_per_s": round(len(latencies) / load_wall, 2),
-        "throughput_tokens_per_s": round(tokens_total / load_wall, 1),
-        "single_client": {"requests": len(PROMPTS), "latency_p50_s": round(statistics.median(single_latency), 3),
-                          "throughput_req_per_s": round(len(PROMPTS) / single_wall, 2),
-                          "throughput_tokens_per_s": round(single_tokens / single_wall, 1)},
-        "throughput_ratio_vs_single": round((tokens_total / load_wall) / (single_tokens / single_wall), 2),
+        "clients": args.clients, "rounds": args.rounds, "phase_s": args.duration, "max_tokens": args.max_tokens,
+        "requests": sum(p["requests"] for p in single + many), "errors": len(errors), "first_errors": errors[:3],
+        "mismatched_outputs": sum(p["mismatches"] for p in single + many),
+        "single_client_tokens_per_s": [round(p["tokens_per_s"], 1) for p in single],
+        "concurrent_tokens_per_s": [round(p["tokens_per_s"], 1) for p in many],
+        "throughput_ratio_vs_single": round(rate(many) / rate(single), 2),
+        "single_request_latency_p50_s": round(one_latency, 3),
+        "concurrent_latency_p50_s": round(statistics.median(many_latencies), 3),
+        "concurrent_latency_p95_s": round(percentile(many_latencies, 0.95), 3),
+        "p95_over_single_p50": round(percentile(many_latencies, 0.95) / one_latency, 2),
     }, indent=1))
 
 

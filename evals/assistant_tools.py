@@ -119,6 +119,8 @@ def _rows(single: list[tuple], follow_ups: list[tuple]) -> list[dict]:
 class AssistantToolsSuite:
     name = "assistant-tools"
     modes = ["agent"]
+    #: One agent answers every item, its limits and registry shared: items run one at a time.
+    concurrent = False
 
     def __init__(self, data: Path | None = None) -> None:
         self._agent = None

@@ -11,6 +11,7 @@ import html
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from slmflow.runtime.errors import SlmflowError
+from slmflow.runtime.registry import concurrency_of
 
 
 def find_shared_data(name: str, marker: str, data: Path | None = None) -> Path:
@@ -71,6 +73,12 @@ class EvalRun(BaseModel):
     model: str
     summary: dict[str, dict[str, float]]
     items: list[ItemResult]
+    #: Items run at once: latencies of a run with more are not comparable with one item alone's.
+    concurrency: int = 1
+
+
+#: Items run at once unless the caller says otherwise; capped by what the model runs at once.
+DEFAULT_CONCURRENCY = 4
 
 
 def summarise(results: list[ItemResult],
@@ -100,8 +108,12 @@ def summarise(results: list[ItemResult],
 
 
 def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
-              modes: list[str] | None = None) -> EvalRun:
-    """Every item through every mode (or the ``modes`` named), then the two report files."""
+              modes: list[str] | None = None, concurrency: int = DEFAULT_CONCURRENCY) -> EvalRun:
+    """Every item through every mode (or the ``modes`` named), then the two report files.
+
+    Up to ``concurrency`` items run at once, as many as the model itself runs at once (a batching
+    model's scheduler shares its passes among them; others run one at a time) and one where the
+    suite sets ``concurrent = False`` (its items share state); results keep the items' order."""
     known = suite.modes + getattr(suite, "extra_modes", [])  # extra modes run only when named
     unknown = [m for m in modes or [] if m not in known]
     if unknown:
@@ -114,21 +126,28 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
 
         with index_progress_bar() as shown:
             prepare(model, modes, on_progress=shown)
-    results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(f"{suite.name}", total=len(items) * len(modes))
-        for mode in modes:
-            for item in items:
-                bar.update(task, description=f"{suite.name} [{mode}] {item.id}")
-                try:
-                    results.append(suite.run(item, mode, model))
-                except SlmflowError as err:  # one bad item is a failed item, not a failed run
-                    results.append(ItemResult(id=item.id, category=item.category, mode=mode, passed=False,
-                                              metrics={"errors": 1.0}, latency_s=0.0, tokens=0,
-                                              output=f"error: {err}"))
-                bar.advance(task)
+    workers = max(1, min(concurrency, concurrency_of(model))) if getattr(suite, "concurrent", True) else 1
+
+    def one(job: tuple[str, EvalItem]) -> ItemResult:
+        mode, item = job
+        try:
+            return suite.run(item, mode, model)
+        except SlmflowError as err:  # one bad item is a failed item, not a failed run
+            return ItemResult(id=item.id, category=item.category, mode=mode, passed=False,
+                              metrics={"errors": 1.0}, latency_s=0.0, tokens=0, output=f"error: {err}")
+
+    jobs = [(mode, item) for mode in modes for item in items]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar, \
+            ThreadPoolExecutor(workers, thread_name_prefix="eval") as pool:
+        task = bar.add_task(f"{suite.name}", total=len(jobs))
+        running = [pool.submit(one, job) for job in jobs]
+        results = []
+        for (mode, item), future in zip(jobs, running):
+            bar.update(task, description=f"{suite.name} [{mode}] {item.id}")
+            results.append(future.result())
+            bar.advance(task)
     summary = summarise(results, getattr(suite, "derived", None))
-    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summary, items=results)
+    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summary, items=results, concurrency=workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(run.model_dump_json(indent=2), encoding="utf-8")
     (out_dir / "report.html").write_text(render_html(run), encoding="utf-8")

@@ -50,8 +50,10 @@ Prompt = str | Seq[Message] | Seq[dict] | Seq[int]
 class Model:
     """A backend with its prefix cache behind one ``generate``: prompts (text or chat messages)
     become token ids by the model's own chat template, constraints and output types become token
-    masks, and the loop (runtime/loop.py) decodes. ``load_model`` gives one per spec; drive it
-    from one thread at a time (its worker, runtime/registry.py), as its KV states are shared."""
+    masks, and the loop (runtime/loop.py) decodes. ``load_model`` gives one per spec. Where the
+    backend has a scheduler (runtime/scheduler.py), up to :attr:`concurrency` threads generate at
+    once, their passes batched; elsewhere drive it from one thread at a time (its worker,
+    runtime/registry.py, sees to both)."""
 
     def __init__(self, backend: Backend, cache_budget: CacheBudget | None = None) -> None:
         self.backend = backend
@@ -142,10 +144,23 @@ class Model:
         result.cache = self.cache.stats.model_copy()
         return result
 
+    @property
+    def concurrency(self) -> int:
+        """How many generations may run at once: as many as the scheduler batches, else one."""
+        scheduler = getattr(self.backend, "scheduler", None)
+        return scheduler.max_sequences if scheduler is not None else 1
+
     def _stream(self, state: CachedState, cached: int, ids, opts: GenerateOptions, decoding: Decoding,
                 path) -> Iterator[str]:
         sampler = Sampler(opts.sampler_params, self.backend.vocab_size, ids, self.backend.device)
-        return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path))
+        scheduler = getattr(self.backend, "scheduler", None)
+        if scheduler is None:
+            return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path))
+        with scheduler.running():
+            try:
+                return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path))
+            finally:
+                state.seq.park()  # the slot goes to the next sequence; the KV stays for reuse
 
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""

@@ -22,6 +22,7 @@ the most recent conversation. Least recently used states are evicted past the bu
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -81,8 +82,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class PrefixCache:
     """One model's held KV states: ``acquire`` hands out the state sharing the longest exact
     prefix with a prompt (or a fresh or recycled one), so a generation prefills only the rest;
-    states beyond the budget are dropped least recently used first. Not thread-safe by itself:
-    its model's one worker (runtime/registry.py) serialises the generations that use it."""
+    states beyond the budget are dropped least recently used first. Thread-safe: generations of
+    a batching model take and return states from several threads at once."""
 
     def __init__(self, backend: Backend, budget: CacheBudget | None = None, enabled: bool = True) -> None:
         self.backend = backend
@@ -90,6 +91,7 @@ class PrefixCache:
         self.enabled = enabled
         self.min_suffix = 1 if backend.batch_invariant else 2
         self._states: list[CachedState] = []
+        self._lock = threading.RLock()
         self._clock = itertools.count(1)
         policy = "fork branches" if backend.can_fork else "keep whole states, most recent conversation first"
         self.stats = CacheStats(policy=policy if enabled else "disabled")
@@ -110,6 +112,10 @@ class PrefixCache:
 
     def acquire(self, ids: list[int], needed: int) -> tuple[CachedState, int]:
         """A state for a generation over ``ids`` and how many of them it already holds."""
+        with self._lock:
+            return self._acquire(ids, needed)
+
+    def _acquire(self, ids: list[int], needed: int) -> tuple[CachedState, int]:
         best, best_len = None, 0
         for state in self._states:
             n = self.reusable(state, ids)
@@ -150,6 +156,10 @@ class PrefixCache:
         """Put a state back after a generation; ``tokens`` are those whose KV it now holds."""
         if not self.enabled:
             return
+        with self._lock:
+            self._release(state, tokens, prompt_len)
+
+    def _release(self, state: CachedState, tokens: list[int], prompt_len: int) -> None:
         state.record(tokens, prompt_len, self.backend.batch_invariant)
         state.last_used = next(self._clock)
         self._states.append(state)
@@ -171,5 +181,6 @@ class PrefixCache:
         self.stats.bytes_held = sum(s.seq.nbytes() for s in self._states)
 
     def clear(self) -> None:
-        self._states.clear()
-        self._refresh_held()
+        with self._lock:
+            self._states.clear()
+            self._refresh_held()

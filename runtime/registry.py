@@ -5,9 +5,9 @@ threads asking for the same spec at once get the same object and the weights loa
 second waits on a per-key lock, not on every other load). :func:`unload` lets a long-lived
 process (``agents serve``, a notebook) give the memory back; the next request loads it again.
 
-A model's KV state and prefix cache belong to one generation at a time, so each loaded model has
-exactly one :class:`~slmflow.runtime.worker.ModelWorker` (:func:`worker_for`): however many names
-a server gives one model, their requests queue on the same thread instead of interleaving on it.
+Each loaded model has exactly one :class:`~slmflow.runtime.worker.ModelWorker`
+(:func:`worker_for`): however many names a server gives one model, their requests share its
+threads (one, or as many as the model batches) instead of racing on it.
 """
 
 from __future__ import annotations
@@ -73,11 +73,19 @@ class Registry:
         with self._lock:
             held = self._workers.get(id(model))
             if held is None or held[0] is not model:  # an id can be reused once its object is gone
-                held = (model, ModelWorker(str(getattr(model, "spec", "model")), DEFAULT_MAX_QUEUE))
+                held = (model, ModelWorker(str(getattr(model, "spec", "model")), DEFAULT_MAX_QUEUE,
+                                           concurrency_of(model)))
                 self._workers[id(model)] = held
             if max_queue is not None:
                 held[1].max_queue = max_queue
             return held[1]
+
+
+def concurrency_of(model: Any) -> int:
+    """How many generations ``model`` runs at once: its own ``concurrency`` (a batching model's
+    scheduler size, an endpoint's), else one; a caller's own model is driven one at a time."""
+    value = getattr(model, "concurrency", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
 
 
 #: The process's registry: models (runtime/model.py), embedders, vision models.

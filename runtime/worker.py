@@ -1,7 +1,11 @@
-"""The thread that drives one loaded model: its requests run one at a time, in arrival order.
+"""The threads that drive one loaded model: its requests start in arrival order, as many at once as
+the model can batch (``concurrency``), the rest queued.
 
-A model's prefix cache and KV state belong to one generation at a time, so concurrent requests are
-queued, not interleaved; runtime/registry.py gives each loaded model exactly one worker. A full
+A model without a scheduler runs one generation at a time (its KV state and prefix cache belong
+to one generation), so concurrent requests are queued, not interleaved. A batching model
+(runtime/scheduler.py) runs up to ``concurrency`` at once, each on its own thread, their forward
+passes batched; an endpoint's requests go out concurrently. runtime/registry.py gives each loaded
+model exactly one worker. A full
 queue answers 429 (clients retry with backoff) instead of growing without bound. A request whose
 client goes away (streamed or not: the server passes a ``gone`` probe) stops at its next token,
 and the model's generator is closed so its cache entry is released as after any finished request;
@@ -35,28 +39,30 @@ _DONE = object()
 
 
 class ModelWorker:
-    """A one-thread queue in front of a model. ``run`` and ``stream`` are for async callers (the
-    server), ``submit`` for threads; all three share the thread and the ``max_queue`` bound."""
+    """A queue in front of a model, served by ``concurrency`` threads. ``run`` and ``stream`` are
+    for async callers (the server), ``submit`` for threads; all share the threads and the
+    ``max_queue`` bound."""
 
-    def __init__(self, name: str, max_queue: int) -> None:
+    def __init__(self, name: str, max_queue: int, concurrency: int = 1) -> None:
         self.name = name
         self.max_queue = max_queue
-        self._thread_id: int | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}",
+        self.concurrency = concurrency
+        self._own = threading.local()
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"model-{name}",
                                             initializer=self._mark_thread)
         self._waiting = 0
         self._lock = threading.Lock()
 
     def _mark_thread(self) -> None:
-        self._thread_id = threading.get_ident()
+        self._own.is_worker = True
 
     def call(self, job: Callable[[], Any]) -> Any:
         """Run ``job`` on the model's thread and wait for its result: how in-process callers
-        (agents, graph nodes) share the model with served requests. Called from the model's own
-        thread (a job that runs an agent), it runs in place rather than waiting for itself. Not
+        (agents, graph nodes) share the model with served requests. Called from one of the model's
+        own threads (a job that runs an agent), it runs in place rather than waiting for itself. Not
         bounded by ``max_queue``: that limit answers HTTP clients, who can retry; a caller in
         the process waits its turn."""
-        if threading.get_ident() == self._thread_id:
+        if getattr(self._own, "is_worker", False):
             return job()
         return self._executor.submit(job).result()
 

@@ -420,3 +420,13 @@ def test_example_custom_graph_runs_from_the_cli(onnx_model):
                 "-q", "I won the race today!")
     assert done.returncode == 0, done.stderr
     assert "classify done" in done.stderr and "reply done" in done.stderr and done.stdout.strip()
+
+
+def test_example_map_documents_reads_every_document_at_once_and_quotes_the_answer(onnx_model):
+    done = _cli("run", str(Path(__file__).resolve().parents[1] / "examples" / "map_documents.py") + ":graph",
+                "-q", "How tall is the Eiffel Tower?")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("read done") == 3 and "reduce done" in done.stderr
+    answer = done.stdout.strip().splitlines()
+    assert answer[0] == "The tower is 330 metres tall"
+    assert "eiffel-tower.md" in answer[1]
