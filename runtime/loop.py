@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -209,18 +209,22 @@ class Decoding:
 
 
 def run_generation(seq: Sequence, prompt_ids: list[int], cached: int, tokenizer: ChatTokenizer, sampler: Sampler,
-                   decoding: Decoding, path: list[int]) -> Iterator[str]:
+                   decoding: Decoding, path: list[int], on_prefilled: Callable[[], None] | None = None
+                   ) -> Iterator[str]:
     """Stream text deltas; the generator's return value is the :class:`GenerationResult`.
 
     ``seq`` already holds ``prompt_ids[:cached]``; only the rest is prefilled. Every sampled token
     is appended to ``path`` as it is chosen, so a caller that keeps ``seq`` knows which tokens its
     KV holds even when the consumer abandons the stream midway. With ``decoding.loops``,
     generation stops (finish "stop", one log line) once the output repeats itself (see
-    :class:`LoopDetector`) and, under a constraint, is complete.
+    :class:`LoopDetector`) and, under a constraint, is complete. ``on_prefilled`` is called once the
+    prompt is in the KV (the prefix cache lets prompts sharing it fork it from then on).
     """
     start = time.perf_counter()
     matcher, loops, drafter = decoding.matcher, decoding.loops, decoding.drafter
     logits = prefill(seq, prompt_ids[cached:])
+    if on_prefilled is not None:
+        on_prefilled()
     detok = IncrementalDetokenizer(tokenizer)
     stopper = StopStringMatcher(decoding.stop)
     pieces: list[str] = []

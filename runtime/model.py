@@ -153,14 +153,13 @@ class Model:
     def _stream(self, state: CachedState, cached: int, ids, opts: GenerateOptions, decoding: Decoding,
                 path) -> Iterator[str]:
         sampler = Sampler(opts.sampler_params, self.backend.vocab_size, ids, self.backend.device)
-        scheduler = getattr(self.backend, "scheduler", None)
-        if scheduler is None:
-            return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path))
-        with scheduler.running():
-            try:
-                return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path))
-            finally:
-                state.seq.park()  # the slot goes to the next sequence; the KV stays for reuse
+        park = getattr(state.seq, "park", None)
+        try:
+            return (yield from run_generation(state.seq, ids, cached, self.tokenizer, sampler, decoding, path,
+                                              on_prefilled=lambda: self.cache.prefilled(state)))
+        finally:
+            if park is not None:
+                park()  # a batched sequence's slot goes to the next one; its KV stays for reuse
 
     def session(self) -> Session:
         """A conversation with its own KV state, for rewind, snapshots and branching."""

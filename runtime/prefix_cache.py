@@ -79,6 +79,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+#: A prompt sharing this many more tokens with one being prefilled than with any held state waits
+#: for that prefill and forks it, instead of prefilling the same tokens beside it.
+MIN_SHARED_WAIT = 32
+#: The longest a prompt waits for another's prefill before prefilling by itself.
+SHARED_WAIT_S = 60.0
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A generation's prompt while it runs: what a prompt sharing its prefix may fork."""
+
+    ids: list[int]
+    state: CachedState
+    prefilled: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+
 class PrefixCache:
     """One model's held KV states: ``acquire`` hands out the state sharing the longest exact
     prefix with a prompt (or a fresh or recycled one), so a generation prefills only the rest;
@@ -92,6 +109,7 @@ class PrefixCache:
         self.min_suffix = 1 if backend.batch_invariant else 2
         self._states: list[CachedState] = []
         self._lock = threading.RLock()
+        self._inflight: dict[int, _InFlight] = {}  # id(state) -> its generation's prompt
         self._clock = itertools.count(1)
         policy = "fork branches" if backend.can_fork else "keep whole states, most recent conversation first"
         self.stats = CacheStats(policy=policy if enabled else "disabled")
@@ -111,9 +129,49 @@ class PrefixCache:
         return min(self.backend.context_length, max(needed, 2 * prompt_len) + 256)
 
     def acquire(self, ids: list[int], needed: int) -> tuple[CachedState, int]:
-        """A state for a generation over ``ids`` and how many of them it already holds."""
+        """A state for a generation over ``ids`` and how many of them it already holds.
+
+        Where states can be copied and another generation is prefilling a prompt that shares
+        more of ``ids`` than any held state (branches of a graph sent out at once, with one system
+        prompt and tools), this one waits for that prefill and forks it: the shared prefix is
+        prefilled once. The caller says when its own prompt is in (:meth:`prefilled`)."""
+        donor = self._donor(ids) if self.enabled and self.backend.can_fork else None
+        state = None
+        if donor is not None and donor[0].prefilled.wait(SHARED_WAIT_S) and donor[0].ok:
+            state, cached = self._fork_inflight(*donor, ids)
         with self._lock:
-            return self._acquire(ids, needed)
+            if state is None:
+                state, cached = self._acquire(ids, needed)
+            self._inflight[id(state)] = _InFlight(list(ids), state)
+        return state, cached
+
+    def _donor(self, ids: list[int]) -> tuple[_InFlight, int] | None:
+        """The running generation whose prompt shares the most of ``ids``, if that is at least
+        :data:`MIN_SHARED_WAIT` tokens more than the best held state serves."""
+        with self._lock:
+            held = max((self.reusable(s, ids) for s in self._states), default=0)
+            best, shared = None, 0
+            for entry in self._inflight.values():
+                n = min(common_prefix(entry.ids, ids), len(ids) - self.min_suffix)
+                if n > shared:
+                    best, shared = entry, n
+            return (best, shared) if best is not None and shared >= held + MIN_SHARED_WAIT else None
+
+    def _fork_inflight(self, donor: _InFlight, shared: int, ids: list[int]) -> tuple[CachedState, int]:
+        seq = donor.state.seq.fork()  # the donor decodes on; its first ``shared`` tokens are prefilled
+        seq.rewind(shared)
+        with self._lock:
+            self.stats.hits += 1
+            self.stats.tokens_reused += shared
+            self.stats.tokens_prefilled += len(ids) - shared
+        return CachedState(seq, list(ids[:shared]), shared), shared
+
+    def prefilled(self, state: CachedState) -> None:
+        """``state``'s prompt is in its KV: prompts waiting to share it may fork it now."""
+        entry = self._inflight.get(id(state))
+        if entry is not None:
+            entry.ok = True
+            entry.prefilled.set()
 
     def _acquire(self, ids: list[int], needed: int) -> tuple[CachedState, int]:
         best, best_len = None, 0
@@ -154,10 +212,12 @@ class PrefixCache:
 
     def release(self, state: CachedState, tokens: list[int], prompt_len: int) -> None:
         """Put a state back after a generation; ``tokens`` are those whose KV it now holds."""
-        if not self.enabled:
-            return
         with self._lock:
-            self._release(state, tokens, prompt_len)
+            entry = self._inflight.pop(id(state), None)
+            if entry is not None:
+                entry.prefilled.set()  # a waiter on a failed prefill finds ok False and prefills itself
+            if self.enabled:
+                self._release(state, tokens, prompt_len)
 
     def _release(self, state: CachedState, tokens: list[int], prompt_len: int) -> None:
         state.record(tokens, prompt_len, self.backend.batch_invariant)

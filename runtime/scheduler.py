@@ -9,10 +9,12 @@ one-token passes of all sequences as one batched pass, and prompts in chunks of
 decoding. Sampling and masks stay with each sequence's thread (llguidance computes masks
 without the GIL), overlapping each other.
 
-Before a step the scheduler waits, up to ``gather_s``, for every sequence that is mid-generation
-(:meth:`running`) to hand its next pass over: a batch with one sequence missing costs that
-sequence a whole step. A sequence whose caller stops (a cancelled request, a stop string) just
-hands nothing more; leaving its ``running`` block frees its slot for the next.
+Before a step the scheduler waits, up to ``gather_s``, for the sequences of the last batched pass
+to hand their next pass over (a batch with one missing costs that one a whole step); one that
+does not come in time is not waited for again until it is back in a pass, so a caller that
+stopped reading (a cancelled request, an abandoned stream) costs the others one wait. When every
+slot is taken and a sequence needs one, the slot of a sequence with no pass waiting is parked
+(its KV copied out; it comes back on its next pass), so abandoned generations never block others.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 log = logging.getLogger("slmflow")
 
@@ -44,7 +45,9 @@ class _Pass:
 
 
 class BatchScheduler:
-    """Steps one arena (runtime/backends/onnx_slots.py) for every sequence of its model."""
+    """Steps one arena (runtime/backends/slots.py) for every sequence of its model. Counters since
+    start: ``steps``, ``decode_passes`` and ``batched_rows`` (rows over passes is the mean batch),
+    ``run_s`` (in batched passes) and ``wait_s`` (gathering a batch)."""
 
     def __init__(self, arena, name: str, gather_s: float = 0.004) -> None:
         self.arena = arena
@@ -52,12 +55,13 @@ class BatchScheduler:
         self.gather_s = gather_s
         self._cond = threading.Condition()
         self._waiting: list[_Pass] = []
-        self._running = 0
+        self._expected: list[object] = []  # the states of the last batched pass
+        self._last_pass: dict[int, int] = {}  # id(state) -> the step it last decoded in
         self.steps = 0
-        self.batched_rows = 0
         self.decode_passes = 0
-        self.wait_s = 0.0
+        self.batched_rows = 0
         self.run_s = 0.0
+        self.wait_s = 0.0
         self._thread = threading.Thread(target=self._serve, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
 
@@ -65,19 +69,7 @@ class BatchScheduler:
     def max_sequences(self) -> int:
         return self.arena.max_slots
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        """Mark one generation as under way, so steps wait for its passes."""
-        with self._cond:
-            self._running += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._cond.notify_all()
-
-    def extend(self, state, tokens: list[int], every_position: bool) -> np.ndarray:
+    def extend(self, state, tokens: list[int], every_position: bool):
         """Run ``tokens`` after ``state``'s and wait for the logits (of the last position, or of
         every new one)."""
         if not tokens:
@@ -92,68 +84,87 @@ class BatchScheduler:
         return job.logits
 
     def park(self, state) -> None:
-        """Move ``state`` out of its slot (between steps)."""
+        """Move ``state`` out of its slot (between steps): its generation is over."""
         with self.arena.lock:
             self.arena.park(state)
+        with self._cond:
+            self._expected = [s for s in self._expected if s is not state]
+            self._last_pass.pop(id(state), None)
 
     # the scheduler thread --------------------------------------------------------------------------
 
-    def _take(self, carried: int) -> list[_Pass]:
-        """The passes for the next step: wait for a first one (unless ``carried`` passes are left
-        from the last step), then up to ``gather_s`` for every running generation to have one."""
+    def _take(self, carried: list[_Pass]) -> list[_Pass]:
+        """The passes for the next step: wait for a first one (unless passes are ``carried`` from
+        the last step), then up to ``gather_s`` for the last pass's sequences to have theirs."""
         with self._cond:
             while not self._waiting and not carried:
                 self._cond.wait()
-            t0 = time.perf_counter()
-            deadline = time.perf_counter() + self.gather_s
-            while len(self._waiting) + carried < self._running:
-                left = deadline - time.perf_counter()
-                if left <= 0:
+            start = time.perf_counter()
+            deadline = start + self.gather_s
+            while True:
+                have = {id(p.state) for p in self._waiting} | {id(p.state) for p in carried}
+                if all(id(s) in have for s in self._expected) or time.perf_counter() >= deadline:
                     break
-                self._cond.wait(left)
-            taken, self._waiting = self._waiting, []
-            self.wait_s += time.perf_counter() - t0
+                self._cond.wait(max(deadline - time.perf_counter(), 0.0))
+            taken, self._waiting = carried + self._waiting, []
+            self.wait_s += time.perf_counter() - start
             return taken
 
     def _serve(self) -> None:
-        carried: list[_Pass] = []  # prompts partly prefilled, continued next step
+        carried: list[_Pass] = []  # prompts partly prefilled, and passes that found no slot
         while True:
-            taken = carried + self._take(len(carried))
+            taken = self._take(carried)
             decodes = [p for p in taken if len(p.tokens) == 1 and not p.every_position]
             prompts = [p for p in taken if p not in decodes]
             with self.arena.lock:
-                # at most max_slots sequences in a pass; the rest wait for the next step
-                room = max(self.arena.max_slots - len(self.arena.slots), 0)
-                fits = [p for p in decodes if p.state.slot is not None]
+                busy = {id(p.state) for p in taken}
                 newcomers = [p for p in decodes if p.state.slot is None]
-                fits += newcomers[:room]
-                later = newcomers[room:]
-                if fits:
-                    self._run(fits, lambda: self.arena.decode([p.state for p in fits], [p.tokens[0] for p in fits]))
-                carried = later
+                if prompts and prompts[0].state.slot is None:
+                    newcomers.append(prompts[0])
+                self._make_room(len(newcomers), busy)
+                room = self.arena.max_slots - len(self.arena.slots)
+                admitted = {id(p) for p in newcomers[:room]}
+                passes = [p for p in decodes if p.state.slot is not None or id(p) in admitted]
+                carried = [p for p in decodes if p not in passes]
+                if passes:
+                    self._run(passes)
                 if prompts:
                     head, rest = prompts[0], prompts[1:]
-                    if head.state.slot is None and len(self.arena.slots) >= self.arena.max_slots:
+                    if head.state.slot is None and id(head) not in admitted:
                         carried += prompts
                     else:
                         self._chunk(head)
                         carried += ([head] if not head.done.is_set() else []) + rest
+            with self._cond:
+                self._expected = [p.state for p in passes] if passes else self._expected
             self.steps += 1
 
-    def _run(self, passes: list[_Pass], step) -> None:
-        t0 = time.perf_counter()
+    def _make_room(self, needed: int, busy: set[int]) -> None:
+        """Park sequences with no pass this step, least recently decoded first, until ``needed``
+        slots are free (or none is idle)."""
+        free = self.arena.max_slots - len(self.arena.slots)
+        if needed <= free:
+            return
+        idle = sorted((s for s in self.arena.slots if id(s) not in busy),
+                      key=lambda s: self._last_pass.get(id(s), -1))
+        for state in idle[: needed - free]:
+            self.arena.park(state)
+
+    def _run(self, passes: list[_Pass]) -> None:
+        start = time.perf_counter()
         try:
-            logits = step()
-            self.decode_passes += 1
-            self.run_s += time.perf_counter() - t0
+            logits = self.arena.decode([p.state for p in passes], [p.tokens[0] for p in passes])
         except BaseException as err:  # handed to each waiting caller, who raises it
             log.debug("%s: a batched pass failed: %s", self.name, err)
             for p in passes:
                 p.error = err
                 p.done.set()
             return
+        self.decode_passes += 1
         self.batched_rows += len(passes)
+        self.run_s += time.perf_counter() - start
         for p, row in zip(passes, logits):
+            self._last_pass[id(p.state)] = self.steps
             p.logits = row
             p.done.set()
 
@@ -169,5 +180,8 @@ class BatchScheduler:
         if job.every_position:
             job.rows.append(rows)
         if not job.tokens:
-            job.logits = np.concatenate(job.rows) if job.every_position else rows
+            if job.every_position:
+                job.logits = torch.cat(job.rows) if isinstance(rows, torch.Tensor) else np.concatenate(job.rows)
+            else:
+                job.logits = rows
             job.done.set()

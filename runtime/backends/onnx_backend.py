@@ -140,11 +140,11 @@ class OnnxGenaiBackend:
             ) from err
         scheduler = None
         if batchable(config):
-            from slmflow.runtime.backends.onnx_slots import SlotArena
+            from slmflow.runtime.backends.onnx_slots import OnnxSlotArena
             from slmflow.runtime.scheduler import BatchScheduler
 
             try:
-                arena = SlotArena(folder, config)
+                arena = OnnxSlotArena(folder, config)
             except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile errors
                 raise ModelLoadError(
                     f"onnxruntime cannot load {folder}: {str(err).splitlines()[0]}",
@@ -161,7 +161,7 @@ class OnnxGenaiBackend:
 
     def new_sequence(self, capacity: int, processed=None):
         if self.scheduler is not None and processed is None:
-            from slmflow.runtime.backends.onnx_slots import SlotSequence
+            from slmflow.runtime.backends.slots import SlotSequence
 
             return SlotSequence(self.scheduler, self.scheduler.arena, min(capacity, self.context_length))
         return OnnxGenaiSequence(self._og, self.model, capacity, self._kv_bytes_per_token, processed)

@@ -1,4 +1,4 @@
-"""onnxruntime-genai's decoder run by us, many sequences per pass: a KV arena of slots.
+"""onnxruntime-genai's decoder run by us, many sequences per pass, over a slot arena (backends/slots.py).
 
 onnxruntime-genai's ``Generator`` steps one sequence (a batch > 1 generator takes its prompts at
 once and samples by itself), so batching our loop's sequences means running its decoder
@@ -8,29 +8,22 @@ attention mask and writes each row's new KV at that row's position, so rows of d
 decode in one pass with no padding copies. Measured on the embedded model (2-core CPU): a row's
 logits in a batch of 3 equal its solo run's bit for bit, and a solo run here equals
 ``og.Generator``'s bit for bit.
-
-The arena holds one buffer per layer and K/V, ``[slots, kv_heads, room, head_size]``. Sequences
-being generated sit in slots ``0..n-1`` (a batch binds that range as one tensor); one that leaves
-has its KV copied out to compact arrays (``park``) and the last slot moves into the hole, so the
-range stays dense. Slots and room grow by doubling when needed. Every method here runs under the
-arena's lock, taken by the scheduler (runtime/scheduler.py) for each step.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
 import numpy as np
-import torch
+from slmflow.runtime.backends.slots import SlotArena, SlotState
 
 #: onnxruntime's element type names for the past KV, as numpy types.
 _KV_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-class SlotArena:
+class OnnxSlotArena(SlotArena):
     """The decoder session and its KV buffers. ``prefill`` runs one sequence's new tokens (batch 1,
     bound at its slot), ``decode`` one token for each of several sequences in one pass."""
 
@@ -58,88 +51,20 @@ class SlotArena:
         self.kv_dtype = _KV_TYPES[inputs[self._past[0][0]]]
         self._ids_dtype = np.int32 if inputs[self._ids_name] == "tensor(int32)" else np.int64
         self._mask_dtype = np.int32 if inputs[self._mask_name] == "tensor(int32)" else np.int64
-        self.max_slots = max_slots
         self.bytes_per_token = 2 * self.layers * self.kv_heads * self.head_size * np.dtype(self.kv_dtype).itemsize
-        self.lock = threading.RLock()
-        self.slots: list[SlotState] = []
-        self._buffers = self._allocate(min(4, max_slots), min(room, self.context_length))
+        super().__init__(max_slots, room)
 
     def _allocate(self, slots: int, room: int) -> list[np.ndarray]:
         # np.zeros maps zero pages lazily: a large arena costs memory only where KV is written.
         return [np.zeros((slots, self.kv_heads, room, self.head_size), self.kv_dtype) for _ in range(2 * self.layers)]
 
-    @property
-    def room(self) -> int:
-        return self._buffers[0].shape[2]
-
-    def _grow(self, slots: int, room: int) -> None:
-        """Larger buffers holding what the old ones held (rows of active slots, up to their length)."""
-        have_slots, have_room = self._buffers[0].shape[0], self.room
-        slots, room = max(slots, have_slots), max(room, have_room)
-        if (slots, room) == (have_slots, have_room):
-            return
-        fresh = self._allocate(slots, room)
-        for new, old in zip(fresh, self._buffers):
-            for state in self.slots:
-                new[state.slot, :, : state.length] = old[state.slot, :, : state.length]
-        self._buffers = fresh
-
-    def _ensure(self, slots: int, length: int) -> None:
-        """Room for ``slots`` active slots and a row of ``length`` tokens (one spare position: a row
-        that sits out a pass still has its next position written; a row at the full window has
-        none, and sits out no pass, as it cannot decode further)."""
-        want_slots = self._buffers[0].shape[0]
-        while want_slots < slots:
-            want_slots *= 2
-        want_room = self.room
-        while want_room < length + 1:
-            want_room *= 2
-        self._grow(min(want_slots, self.max_slots), min(want_room, self.context_length))
-
-    # slot bookkeeping ------------------------------------------------------------------------------
-
-    def activate(self, state: SlotState) -> None:
-        """Give ``state`` a slot (copying its parked KV in), if it has none."""
-        if state.slot is not None:
-            return
-        if len(self.slots) >= self.max_slots:
-            raise RuntimeError(f"all {self.max_slots} slots are in use")  # the scheduler admits at most that many
-        self._ensure(len(self.slots) + 1, state.length)
-        state.slot = len(self.slots)
-        self.slots.append(state)
-        if state.parked is not None:
-            for buffer, kept in zip(self._buffers, state.parked):
-                buffer[state.slot, :, : state.length] = kept[:, : state.length]
-            state.parked = None
-
-    def park(self, state: SlotState) -> None:
-        """Copy ``state``'s KV out of its slot and free the slot, keeping slots ``0..n-1`` dense."""
-        if state.slot is None:
-            return
-        slot, n = state.slot, state.length
-        state.parked = [buffer[slot, :, :n].copy() for buffer in self._buffers]
-        last = self.slots.pop()
-        if last is not state:
-            for buffer in self._buffers:
-                buffer[slot, :, : last.length] = buffer[last.slot, :, : last.length]
-            last.slot = slot
-            self.slots[slot] = last
-        state.slot = None
-
-    def copy(self, state: SlotState) -> SlotState:
-        """A parked copy of ``state``'s first ``state.length`` tokens."""
-        n = state.length
-        if state.slot is not None:
-            kept = [buffer[state.slot, :, :n].copy() for buffer in self._buffers]
-        else:
-            kept = [array[:, :n].copy() for array in state.parked] if state.parked is not None else None
-        return SlotState(length=n, parked=kept)
+    @staticmethod
+    def _clone(array: np.ndarray) -> np.ndarray:
+        return array.copy()
 
     # passes --------------------------------------------------------------------------------------
 
     def prefill(self, state: SlotState, token_ids: Seq[int], every_position: bool) -> np.ndarray:
-        """Run ``token_ids`` after ``state``'s tokens; logits of the last position, or of every
-        new one (``[n, vocab]``) with ``every_position``."""
         self.activate(state)
         n = len(token_ids)
         self._ensure(len(self.slots), state.length + n)
@@ -149,13 +74,9 @@ class SlotArena:
         return logits[0] if every_position else logits[0, -1]
 
     def decode(self, states: Seq[SlotState], tokens: Seq[int]) -> np.ndarray:
-        """One token for each of ``states`` in one pass; ``[len(states), vocab]`` logits. Active
-        slots not in ``states`` run along (their rows are computed and dropped; the KV written at
-        their next position is overwritten when they next decode)."""
         for state in states:
             self.activate(state)
-        for idle in [s for s in self.slots if s.length >= self.context_length and all(s is not t for t in states)]:
-            self.park(idle)  # a row at the full window has no next position to write while it sits out
+        self.sit_out_full_rows(states)
         self._ensure(len(self.slots), max(s.length for s in self.slots) + 1)
         rows = len(self.slots)
         ids = np.zeros((rows, 1), dtype=self._ids_dtype)
@@ -189,51 +110,3 @@ class SlotArena:
         return logits
 
 
-class SlotState:
-    """One sequence's place in the arena: its length, and its slot or its parked KV."""
-
-    def __init__(self, length: int = 0, parked: list[np.ndarray] | None = None) -> None:
-        self.length = length
-        self.slot: int | None = None
-        self.parked = parked
-
-
-class SlotSequence:
-    """The loop's :class:`~slmflow.runtime.backends.base.Sequence` over an arena slot: passes go
-    through the model's scheduler, which batches them with other sequences' passes."""
-
-    feeds_on_device = False
-
-    def __init__(self, scheduler, arena: SlotArena, capacity: int, state: SlotState | None = None) -> None:
-        self._scheduler = scheduler
-        self._arena = arena
-        self.state = state or SlotState()
-        self.capacity = capacity
-
-    @property
-    def length(self) -> int:
-        return self.state.length
-
-    def extend(self, token_ids: Seq[int]) -> torch.Tensor:
-        return torch.from_numpy(self._scheduler.extend(self.state, list(token_ids), every_position=False))
-
-    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
-        return torch.from_numpy(self._scheduler.extend(self.state, list(token_ids), every_position=True))
-
-    def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("this backend feeds tokens from the host")
-
-    def rewind(self, length: int) -> None:
-        with self._arena.lock:
-            self.state.length = min(length, self.state.length)
-
-    def fork(self) -> SlotSequence:
-        with self._arena.lock:
-            return SlotSequence(self._scheduler, self._arena, self.capacity, self._arena.copy(self.state))
-
-    def park(self) -> None:
-        """Free the slot after a generation (the KV is kept, compactly, for the prefix cache)."""
-        self._scheduler.park(self.state)
-
-    def nbytes(self) -> int:
-        return self.state.length * self._arena.bytes_per_token

@@ -73,8 +73,10 @@ class TransformersSequence:
 
 class TransformersBackend:
     """A Hugging Face causal LM (a folder, or a GGUF file dequantised by transformers) stepped
-    token by token by our loop: sequences over transformers' own KV cache classes, forkable, and
-    on CUDA the captured-graph fast path (backends/cuda_graph.py)."""
+    token by token by our loop. On CPU, a model of plain full-attention layers runs its sequences
+    in a slot arena (backends/torch_slots.py), their passes batched by the scheduler; on CUDA
+    the captured-graph fast path (backends/cuda_graph.py) runs one sequence per pass; elsewhere
+    sequences are transformers' own KV cache classes. All of them fork."""
 
     name = "transformers"
     can_fork = True
@@ -107,6 +109,15 @@ class TransformersBackend:
             from slmflow.runtime.backends.decode_gemv import use_decode_gemv
 
             why += f" + decode GEMV ({use_decode_gemv(model)})"
+        self.scheduler = None
+        if not self.fast_path and self.device.type == "cpu":
+            from slmflow.runtime.backends.torch_slots import TorchSlotArena, slot_ready
+
+            if slot_ready(model):
+                from slmflow.runtime.scheduler import BatchScheduler
+
+                self.scheduler = BatchScheduler(TorchSlotArena(model), str(spec))
+                why += "; sequences batched by the scheduler"
         log.info("transformers backend on %s: %s", self.device, why if self.fast_path else f"eager ({why})")
 
     @classmethod
@@ -132,6 +143,10 @@ class TransformersBackend:
         return cls(model, tokenizer, spec)
 
     def new_sequence(self, capacity: int):
+        if self.scheduler is not None:
+            from slmflow.runtime.backends.slots import SlotSequence
+
+            return SlotSequence(self.scheduler, self.scheduler.arena, min(capacity, self.context_length))
         if self.fast_path:
             from slmflow.runtime.backends.cuda_graph import CudaGraphSequence
 

@@ -138,6 +138,10 @@ class EndpointModel:
 
     spec: ModelSpec
     context_length: int
+    #: Requests in flight at once (runtime/worker.py): the server batches them itself (vLLM, NIM,
+    #: llama.cpp's slots, Ollama's parallel requests) and queues what it cannot take; the client
+    #: libraries' HTTP clients are thread-safe.
+    concurrency = 8
 
     def _chat(self, request: ChatRequest) -> Iterator[str]:
         """Stream text deltas; the generator's return value is the :class:`ChatReply`."""
