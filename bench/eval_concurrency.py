@@ -2,8 +2,8 @@
 
     python bench/eval_concurrency.py [--suite bfcl] [--limit 4] [--concurrency 4] [--rounds 2]
 
-Runs the suite in process (the model loaded once, so load time counts in neither) at concurrency
-1 and N, alternated ``--rounds`` times (A B A B). Scores must be the same whatever the
+Runs the suite in process (the model loaded once and warmed on one item per category, so load
+time and first-use set-up count in neither) at concurrency 1 and N, alternated ``--rounds`` times (A B A B). Scores must be the same whatever the
 concurrency: every item's pass/fail is compared. Prints one JSON object: wall times, the median
 ratio, and the items whose result changed.
 """
@@ -38,6 +38,7 @@ def main() -> None:
     walls: dict[int, list[float]] = {1: [], args.concurrency: []}
     outcomes: dict[int, dict] = {}
     with tempfile.TemporaryDirectory() as out:
+        run_suite(suite, model, Path(out), limit=1, concurrency=1)  # warm-up: grammars, selector, caches
         for _ in range(args.rounds):
             for concurrency in walls:
                 start = time.perf_counter()
