@@ -125,19 +125,51 @@ class BatchScheduler:
                 room = self.arena.max_slots - len(self.arena.slots)
                 admitted = {id(p) for p in newcomers[:room]}
                 passes = [p for p in decodes if p.state.slot is not None or id(p) in admitted]
-                carried = [p for p in decodes if p not in passes]
-                if passes:
-                    self._run(passes)
-                if prompts:
-                    head, rest = prompts[0], prompts[1:]
-                    if head.state.slot is None and id(head) not in admitted:
-                        carried += prompts
-                    else:
-                        self._chunk(head)
-                        carried += ([head] if not head.done.is_set() else []) + rest
+                head = prompts[0] if prompts and (prompts[0].state.slot is not None or id(prompts[0]) in admitted) \
+                    else None
+                carried = [p for p in taken if p not in passes and p is not head]
+                if passes or head is not None:
+                    self._step(passes, head)
+                if head is not None and not head.done.is_set():
+                    carried.insert(0, head)
             with self._cond:
                 self._expected = [p.state for p in passes] if passes else self._expected
             self.steps += 1
+
+    def _step(self, passes: list[_Pass], head: _Pass | None) -> None:
+        """One step: the decoding passes and the next chunk of ``head``'s prompt, handed to the
+        arena together (it runs them as one pass or two), results handed to their callers."""
+        chunk = None
+        if head is not None:
+            part, head.tokens = head.tokens[:PREFILL_CHUNK], head.tokens[PREFILL_CHUNK:]
+            chunk = (head.state, part, head.every_position)
+        start = time.perf_counter()
+        try:
+            decoded, prefilled = self.arena.step([(p.state, p.tokens[0]) for p in passes], chunk)
+        except BaseException as err:  # handed to each waiting caller, who raises it
+            log.debug("%s: a batched pass failed: %s", self.name, err)
+            for p in passes + ([head] if head is not None else []):
+                p.error = err
+                p.done.set()
+            return
+        if passes:
+            self.decode_passes += 1
+            self.batched_rows += len(passes)
+            self.run_s += time.perf_counter() - start
+            for p, row in zip(passes, decoded):
+                self._last_pass[id(p.state)] = self.steps
+                p.logits = row
+                p.done.set()
+        if head is not None:
+            if head.every_position:
+                head.rows.append(prefilled)
+            if not head.tokens:
+                if head.every_position:
+                    head.logits = torch.cat(head.rows) if isinstance(prefilled, torch.Tensor) \
+                        else np.concatenate(head.rows)
+                else:
+                    head.logits = prefilled
+                head.done.set()
 
     def _make_room(self, needed: int, busy: set[int]) -> None:
         """Park sequences with no pass this step, least recently decoded first, until ``needed``
@@ -149,39 +181,3 @@ class BatchScheduler:
                       key=lambda s: self._last_pass.get(id(s), -1))
         for state in idle[: needed - free]:
             self.arena.park(state)
-
-    def _run(self, passes: list[_Pass]) -> None:
-        start = time.perf_counter()
-        try:
-            logits = self.arena.decode([p.state for p in passes], [p.tokens[0] for p in passes])
-        except BaseException as err:  # handed to each waiting caller, who raises it
-            log.debug("%s: a batched pass failed: %s", self.name, err)
-            for p in passes:
-                p.error = err
-                p.done.set()
-            return
-        self.decode_passes += 1
-        self.batched_rows += len(passes)
-        self.run_s += time.perf_counter() - start
-        for p, row in zip(passes, logits):
-            self._last_pass[id(p.state)] = self.steps
-            p.logits = row
-            p.done.set()
-
-    def _chunk(self, job: _Pass) -> None:
-        """Prefill the next chunk of ``job``'s tokens; finish it when none are left."""
-        part, job.tokens = job.tokens[:PREFILL_CHUNK], job.tokens[PREFILL_CHUNK:]
-        try:
-            rows = self.arena.prefill(job.state, part, job.every_position)
-        except BaseException as err:
-            job.error = err
-            job.done.set()
-            return
-        if job.every_position:
-            job.rows.append(rows)
-        if not job.tokens:
-            if job.every_position:
-                job.logits = torch.cat(job.rows) if isinstance(rows, torch.Tensor) else np.concatenate(job.rows)
-            else:
-                job.logits = rows
-            job.done.set()

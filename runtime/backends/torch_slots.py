@@ -1,10 +1,13 @@
 """A transformers model's passes over a slot arena (backends/slots.py): many sequences per pass.
 
-The model's own forward runs with a cache object of ours (:class:`_SlotCache`): each attention
-layer hands it the new keys and values, it writes them at each row's own position in the arena
-and returns the rows' KV up to the longest; a 4-D additive mask (which transformers takes as
-given) hides each row's positions past its own length, and position ids are each row's own. So
-rows of different lengths decode in one pass without padding copies, as in the onnx arena.
+A pass is *packed*: the new tokens of every sequence in it (one for a decoding sequence, a chunk
+for a prompt) are laid end to end as one sequence of the model's batch of one, each with its own
+position. The model's own forward runs with a cache object of ours (:class:`_PackedCache`): each
+attention layer hands it the new keys and values, it writes each token's at its sequence's slot
+and position, and returns every sequence's KV laid end to end; a block-diagonal causal 4-D mask
+(which transformers takes as given) lets each token see its own sequence's earlier tokens only.
+So prompts and decoding sequences share one pass (the weights are read once for all of them),
+and nobody waits for a prompt.
 
 Models whose layers attend differently (sliding windows, mixed layer types, recurrent layers) get
 one mask for all layers here, which would be wrong: :func:`slot_ready` keeps them on the
@@ -28,27 +31,28 @@ def slot_ready(model) -> bool:
     return layer_types == {"full_attention"} and (window is None or window >= config.max_position_embeddings)
 
 
-class _SlotCache:
-    """What the model's attention layers write their new KV through, for one pass."""
+class _PackedCache:
+    """What the model's attention layers write their new KV through, for one packed pass:
+    ``slots``/``positions`` say where each new token's KV goes, ``key_slots``/``key_positions``
+    which arena rows make up the keys the pass attends to."""
 
-    def __init__(self, buffers: list[torch.Tensor], rows: torch.Tensor, starts: torch.Tensor, new: int,
-                 kv_length: int) -> None:
+    def __init__(self, buffers: list[torch.Tensor], slots: torch.Tensor, positions: torch.Tensor,
+                 key_slots: torch.Tensor, key_positions: torch.Tensor) -> None:
         self._buffers = buffers
-        self._rows = rows  # the arena slot of each row of the pass
-        self._positions = starts[:, None] + torch.arange(new, device=starts.device)[None, :]  # [rows, new]
-        self._kv_length = kv_length
+        self._slots, self._positions = slots, positions
+        self._key_slots, self._key_positions = key_slots, key_positions
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         keys, values = self._buffers[2 * layer_idx], self._buffers[2 * layer_idx + 1]
-        rows = self._rows[:, None].expand_as(self._positions)
-        # [rows, heads, new, dim] -> written at [slot, :, position]
-        keys[rows, :, self._positions] = key_states.transpose(1, 2).to(keys.dtype)
-        values[rows, :, self._positions] = value_states.transpose(1, 2).to(values.dtype)
-        lo, hi = int(self._rows[0]), int(self._rows[-1]) + 1
-        return keys[lo:hi, :, : self._kv_length], values[lo:hi, :, : self._kv_length]
+        # [1, heads, tokens, dim] -> each token's [heads, dim] at its slot and position
+        keys[self._slots, :, self._positions] = key_states[0].transpose(0, 1).to(keys.dtype)
+        values[self._slots, :, self._positions] = value_states[0].transpose(0, 1).to(values.dtype)
+        gathered_keys = keys[self._key_slots, :, self._key_positions].transpose(0, 1)[None]
+        gathered_values = values[self._key_slots, :, self._key_positions].transpose(0, 1)[None]
+        return gathered_keys, gathered_values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self._kv_length
+        return int(self._key_positions.numel())
 
 
 class TorchSlotArena(SlotArena):
@@ -77,42 +81,51 @@ class TorchSlotArena(SlotArena):
         return array.clone()
 
     def prefill(self, state: SlotState, token_ids: Seq[int], every_position: bool) -> torch.Tensor:
-        self.activate(state)
-        n = len(token_ids)
-        self._ensure(len(self.slots), state.length + n)
-        start = state.length
-        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        positions = torch.arange(start, start + n, device=self.device)
-        allowed = torch.arange(start + n, device=self.device)[None, :] <= positions[:, None]  # causal
-        logits = self._forward(ids, positions[None, :], allowed[None, None], [state.slot],
-                               torch.tensor([start], device=self.device), keep=n if every_position else 1)
-        state.length += n
-        return logits[0] if every_position else logits[0, -1]
+        return self.step([], (state, list(token_ids), every_position))[1]
 
     def decode(self, states: Seq[SlotState], tokens: Seq[int]) -> torch.Tensor:
-        for state in states:
+        return self.step(list(zip(states, tokens)), None)[0]
+
+    def step(self, decodes: Seq[tuple[SlotState, int]], chunk: tuple[SlotState, list[int], bool] | None):
+        """One packed pass: a token for each decoding sequence and, with ``chunk``, a prompt's next
+        tokens. Returns the decoding sequences' logits (``[n, vocab]``, or None without any) and
+        the chunk's (of its last position, or of every one), or None."""
+        rows = [(state, [token]) for state, token in decodes] + ([(chunk[0], chunk[1])] if chunk else [])
+        for state, _ in rows:
             self.activate(state)
-        self.sit_out_full_rows(states)
-        self._ensure(len(self.slots), max(s.length for s in self.slots) + 1)
-        rows = len(self.slots)
-        ids = torch.zeros((rows, 1), dtype=torch.long, device=self.device)
-        for state, token in zip(states, tokens):
-            ids[state.slot, 0] = token
-        starts = torch.tensor([s.length for s in self.slots], device=self.device)
-        kv_length = int(starts.max()) + 1
-        allowed = torch.arange(kv_length, device=self.device)[None, :] <= starts[:, None]  # [rows, kv]
-        logits = self._forward(ids, starts[:, None], allowed[:, None, None, :], list(range(rows)), starts, keep=1)
-        for state in states:
-            state.length += 1
-        return logits[[s.slot for s in states], -1]
+        self._ensure(len(self.slots), max(state.length + len(new) for state, new in rows))
+        ids, slots, positions, key_slots, key_positions, query_rows, key_rows, ends = [], [], [], [], [], [], [], []
+        for r, (state, new) in enumerate(rows):
+            start, n = state.length, len(new)
+            ids += new
+            slots += [state.slot] * n
+            positions += range(start, start + n)
+            query_rows += [r] * n
+            key_slots += [state.slot] * (start + n)
+            key_positions += range(start + n)
+            key_rows += [r] * (start + n)
+            ends.append(len(ids))
+        device = self.device
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        positions_t, key_positions_t = as_tensor(positions), as_tensor(key_positions)
+        allowed = (as_tensor(query_rows)[:, None] == as_tensor(key_rows)[None, :]) & \
+            (key_positions_t[None, :] <= positions_t[:, None])
+        keep = [end - 1 for end in ends[: len(decodes)]]
+        if chunk is not None:
+            first = ends[-2] if len(ends) > 1 else 0
+            keep += list(range(first, ends[-1])) if chunk[2] else [ends[-1] - 1]
+        cache = _PackedCache(self._buffers, as_tensor(slots), positions_t, as_tensor(key_slots), key_positions_t)
+        logits = self._forward(as_tensor([ids]), positions_t[None], allowed[None, None], cache, as_tensor(keep))
+        for state, new in rows:
+            state.length += len(new)
+        n = len(decodes)
+        return (logits[:n] if n else None), (logits[n:] if chunk and chunk[2] else logits[n] if chunk else None)
 
     @torch.inference_mode()
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, slots: list[int],
-                 starts: torch.Tensor, keep: int) -> torch.Tensor:
-        kv_length = allowed.shape[-1]
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache: _PackedCache,
+                 keep: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        cache = _SlotCache(self._buffers, torch.tensor(slots, device=self.device), starts, ids.shape[1], kv_length)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=keep, **{self._cache_arg: cache})
-        return out.logits.float()
+        return out.logits[0].float()
