@@ -14,9 +14,12 @@ Exactness rules (outputs with the cache must equal outputs without it, token for
   on such backends, and at least one is needed to get logits).
 
 States are taken out of the pool while a generation uses them and put back when it ends. Backends
-that can copy a state (transformers) fork a state whose tail would otherwise be cut, so a branch
-does not destroy its sibling; backends that cannot (onnxruntime-genai) hand the state over and keep
-the most recent conversation. Least recently used states are evicted past the budget.
+that can copy a state (transformers, onnxruntime-genai text models in their slot arena) fork a
+state whose tail would otherwise be cut, so a branch does not destroy its sibling, and a prompt
+that shares a long prefix with one being prefilled right now waits for it and forks it (parallel
+branches prefill their common system prompt once); backends that cannot (onnxruntime-genai
+multimodal generators) hand the state over and keep the most recent conversation. Least recently
+used states are evicted past the budget. The pool is shared by the threads of a batching model.
 """
 
 from __future__ import annotations
