@@ -19,19 +19,9 @@ import statistics
 import threading
 import time
 
+from serve_load import PROMPTS, run_threads
 from slmflow.runtime import load_model
 from slmflow.runtime.backends.slots import SlotState
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a short poem about autumn leaves.",
-    "List three uses of a paperclip.",
-    "Why is the sky blue?",
-    "Give me a tip for learning Python.",
-    "What do bees make?",
-    "Name a famous painter.",
-    "How many legs does a spider have?",
-]
 
 
 def load_phase(model, clients: int, duration: float, max_tokens: int, expected: dict[str, str]) -> dict:
@@ -53,13 +43,7 @@ def load_phase(model, clients: int, duration: float, max_tokens: int, expected: 
                 totals["replies"] += 1
                 totals["mismatches"] += reply.text != expected[prompt]
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_threads(worker, clients)
     new_passes = scheduler.decode_passes - passes
     return {"tokens_per_s": totals["tokens"] / wall, "replies": totals["replies"], "mismatches": totals["mismatches"],
             "rows_per_pass": (scheduler.batched_rows - rows) / new_passes if new_passes else 0.0}

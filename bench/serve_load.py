@@ -79,6 +79,17 @@ def start_server(*flags: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
+def run_threads(worker, n: int) -> float:
+    """Run ``worker(0)`` … ``worker(n - 1)`` in threads at once; the seconds until all are done."""
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def load_phase(base: str, clients: int, duration: float, max_tokens: int,
                expected: dict[str, str]) -> dict:
     """``clients`` threads asking in a loop for ``duration`` seconds (odd ones streaming): requests,
@@ -106,13 +117,7 @@ def load_phase(base: str, clients: int, duration: float, max_tokens: int,
                 counts["tokens"] += tokens
                 counts["mismatches"] += text != expected[prompt]
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_threads(worker, clients)
     return {"clients": clients, "wall_s": wall, "requests": len(latencies), "errors": errors,
             "mismatches": counts["mismatches"], "tokens_per_s": counts["tokens"] / wall, "latencies": latencies}
 

@@ -18,14 +18,14 @@ from slmflow.runtime.sampling import SamplingParams
 from slmflow.runtime.tool_calling import ToolSpec
 
 QUESTIONS = [
-    "What is the capital of France?",
-    "Write a short poem about autumn leaves.",
-    "List three uses of a paperclip.",
-    "Why is the sky blue?",
-    "Give me a tip for learning Python.",
-    "What do bees make?",
-    "Name a famous painter.",
-    "How many legs does a spider have?",
+    "What is the capital of Italy?",
+    "Write two lines about the sea.",
+    "Name three fruits.",
+    "Why do cats purr?",
+    "Give me a tip for sleeping well.",
+    "What do cows eat?",
+    "Name a famous composer.",
+    "How many wheels does a bicycle have?",
 ]
 
 WEATHER = ToolSpec(name="get_weather", description="The weather in a city now.",
