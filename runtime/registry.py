@@ -93,9 +93,20 @@ REGISTRY = Registry()
 
 
 def unload(key: str) -> bool:
-    """Unload what ``key`` names: a model spec as ``load_model`` read it (``embedded``,
-    ``hf:/path``), ``embedder:PATH`` or ``vision:SPEC``; whether anything was held."""
-    return REGISTRY.unload(key)
+    """Unload what ``key`` names: a model spec as given to ``load_model`` (``embedded``,
+    ``hf:/path``; read the same way, so ``embedded`` finds ``embedded:onnx``), ``embedder:PATH``
+    or ``vision:SPEC``; whether anything was held. Once no caller holds the model either, its
+    memory goes back (a batching model's scheduler thread ends by itself)."""
+    if REGISTRY.unload(key):
+        return True
+    from slmflow.runtime.errors import SlmflowError
+    from slmflow.runtime.specs import parse_spec
+
+    try:
+        canonical = str(parse_spec(key))
+    except SlmflowError:  # not a model spec: nothing else it could name
+        return False
+    return canonical != key and REGISTRY.unload(canonical)
 
 
 def worker_for(model: Any, max_queue: int | None = None) -> ModelWorker:

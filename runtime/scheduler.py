@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,19 @@ log = logging.getLogger("slmflow")
 
 #: Prompt tokens one step prefills for one sequence; the others decode between chunks.
 PREFILL_CHUNK = 256
+#: How long the scheduler's thread waits for work before checking that its model still exists.
+IDLE_S = 1.0
+
+
+def _drive(ref: weakref.ref) -> None:
+    """The scheduler's thread: step while the scheduler exists."""
+    carried: list[_Pass] = []
+    while True:
+        scheduler = ref()
+        if scheduler is None:
+            return
+        carried = scheduler._serve_once(carried)
+        del scheduler
 
 
 @dataclass(eq=False)
@@ -62,7 +76,11 @@ class BatchScheduler:
         self.batched_rows = 0
         self.run_s = 0.0
         self.wait_s = 0.0
-        self._thread = threading.Thread(target=self._serve, name=f"scheduler-{name}", daemon=True)
+        # The thread holds the scheduler only while it steps or waits (at most IDLE_S): once the
+        # model is dropped (``unload`` and no caller holding it), the thread ends and the arena's
+        # memory goes back.
+        self._thread = threading.Thread(target=_drive, args=(weakref.ref(self),), name=f"scheduler-{name}",
+                                        daemon=True)
         self._thread.start()
 
     @property
@@ -95,10 +113,13 @@ class BatchScheduler:
 
     def _take(self, carried: list[_Pass]) -> list[_Pass]:
         """The passes for the next step: wait for a first one (unless passes are ``carried`` from
-        the last step), then up to ``gather_s`` for the last pass's sequences to have theirs."""
+        the last step; none after :data:`IDLE_S`), then up to ``gather_s`` for the last pass's
+        sequences to have theirs."""
         with self._cond:
-            while not self._waiting and not carried:
-                self._cond.wait()
+            if not self._waiting and not carried:
+                self._cond.wait(IDLE_S)
+                if not self._waiting:
+                    return []
             start = time.perf_counter()
             deadline = start + self.gather_s
             while True:
@@ -110,31 +131,34 @@ class BatchScheduler:
             self.wait_s += time.perf_counter() - start
             return taken
 
-    def _serve(self) -> None:
-        carried: list[_Pass] = []  # prompts partly prefilled, and passes that found no slot
-        while True:
-            taken = self._take(carried)
-            decodes = [p for p in taken if len(p.tokens) == 1 and not p.every_position]
-            prompts = [p for p in taken if p not in decodes]
-            with self.arena.lock:
-                busy = {id(p.state) for p in taken}
-                newcomers = [p for p in decodes if p.state.slot is None]
-                if prompts and prompts[0].state.slot is None:
-                    newcomers.append(prompts[0])
-                self._make_room(len(newcomers), busy)
-                room = self.arena.max_slots - len(self.arena.slots)
-                admitted = {id(p) for p in newcomers[:room]}
-                passes = [p for p in decodes if p.state.slot is not None or id(p) in admitted]
-                head = prompts[0] if prompts and (prompts[0].state.slot is not None or id(prompts[0]) in admitted) \
-                    else None
-                carried = [p for p in taken if p not in passes and p is not head]
-                if passes or head is not None:
-                    self._step(passes, head)
-                if head is not None and not head.done.is_set():
-                    carried.insert(0, head)
-            with self._cond:
-                self._expected = [p.state for p in passes] if passes else self._expected
-            self.steps += 1
+    def _serve_once(self, carried: list[_Pass]) -> list[_Pass]:
+        """One step; returns the passes carried to the next (prompts partly prefilled, passes
+        that found no slot)."""
+        taken = self._take(carried)
+        if not taken:
+            return []
+        decodes = [p for p in taken if len(p.tokens) == 1 and not p.every_position]
+        prompts = [p for p in taken if p not in decodes]
+        with self.arena.lock:
+            busy = {id(p.state) for p in taken}
+            newcomers = [p for p in decodes if p.state.slot is None]
+            if prompts and prompts[0].state.slot is None:
+                newcomers.append(prompts[0])
+            self._make_room(len(newcomers), busy)
+            room = self.arena.max_slots - len(self.arena.slots)
+            admitted = {id(p) for p in newcomers[:room]}
+            passes = [p for p in decodes if p.state.slot is not None or id(p) in admitted]
+            head = prompts[0] if prompts and (prompts[0].state.slot is not None or id(prompts[0]) in admitted) \
+                else None
+            carried = [p for p in taken if p not in passes and p is not head]
+            if passes or head is not None:
+                self._step(passes, head)
+            if head is not None and not head.done.is_set():
+                carried.insert(0, head)
+        with self._cond:
+            self._expected = [p.state for p in passes] if passes else self._expected
+        self.steps += 1
+        return carried
 
     def _step(self, passes: list[_Pass], head: _Pass | None) -> None:
         """One step: the decoding passes and the next chunk of ``head``'s prompt, handed to the

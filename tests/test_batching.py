@@ -234,3 +234,26 @@ def _tensor(logits):
     import torch
 
     return logits if isinstance(logits, torch.Tensor) else torch.from_numpy(logits)
+
+
+def test_a_dropped_scheduler_ends_its_thread_and_frees_its_arena():
+    """``unload`` gives memory back only if nothing keeps the model alive: the scheduler's own
+    thread must not (it holds the scheduler only while it steps or waits, at most IDLE_S)."""
+    import gc
+    import time
+    import weakref
+
+    from slmflow.runtime import scheduler as scheduling
+
+    class Arena:  # the scheduler touches nothing of an arena until a pass comes
+        max_slots = 2
+
+    arena = Arena()
+    scheduler = scheduling.BatchScheduler(arena, "dropped")
+    thread, gone = scheduler._thread, weakref.ref(arena)
+    del scheduler, arena
+    deadline = time.monotonic() + 3 * scheduling.IDLE_S + 2
+    while thread.is_alive() and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.1)
+    assert not thread.is_alive() and gone() is None

@@ -146,3 +146,23 @@ def test_a_call_from_the_models_own_thread_runs_in_place():
     view = QueuedModel(model)
     nested = view.worker.submit(lambda: view.generate("hi").text())  # an agent running as a worker job
     assert nested.result(timeout=5) == "ok"
+
+
+def test_unload_takes_a_spec_as_load_model_does(tmp_path, monkeypatch):
+    """``unload("hf:./folder")`` finds the model ``load_model("hf:./folder")`` loaded, which the
+    registry holds under the spec as parsed (an absolute path; ``embedded`` as ``embedded:onnx``)."""
+    from slmflow.runtime.registry import REGISTRY, unload
+    from slmflow.runtime.specs import parse_spec
+
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    spec = "hf:model"  # relative: the registry holds it under the absolute path
+    assert str(parse_spec(spec)) != spec
+    held = REGISTRY.get(str(parse_spec(spec)), object)
+    try:
+        assert str(parse_spec(spec)) in REGISTRY.keys()
+        assert unload(spec) is True and str(parse_spec(spec)) not in REGISTRY.keys()
+        assert unload(spec) is False and unload("not a spec at all") is False
+    finally:
+        REGISTRY.unload(str(parse_spec(spec)))
+    assert held is not None
