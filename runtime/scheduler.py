@@ -141,38 +141,51 @@ class BatchScheduler:
         prompts = [p for p in taken if p not in decodes]
         with self.arena.lock:
             busy = {id(p.state) for p in taken}
-            newcomers = [p for p in decodes if p.state.slot is None]
-            if prompts and prompts[0].state.slot is None:
-                newcomers.append(prompts[0])
+            heads = self._heads(prompts)
+            newcomers = [p for p in decodes + heads if p.state.slot is None]
             self._make_room(len(newcomers), busy)
             room = self.arena.max_slots - len(self.arena.slots)
             admitted = {id(p) for p in newcomers[:room]}
             passes = [p for p in decodes if p.state.slot is not None or id(p) in admitted]
-            head = prompts[0] if prompts and (prompts[0].state.slot is not None or id(prompts[0]) in admitted) \
-                else None
-            carried = [p for p in taken if p not in passes and p is not head]
-            if passes or head is not None:
-                self._step(passes, head)
-            if head is not None and not head.done.is_set():
-                carried.insert(0, head)
+            heads = [p for p in heads if p.state.slot is not None or id(p) in admitted]
+            carried = [p for p in taken if p not in passes and p not in heads]
+            if passes or heads:
+                self._step(passes, heads)
+            carried = [p for p in heads if not p.done.is_set()] + carried
         with self._cond:
             self._expected = [p.state for p in passes] if passes else self._expected
         self.steps += 1
         return carried
 
-    def _step(self, passes: list[_Pass], head: _Pass | None) -> None:
-        """One step: the decoding passes and the next chunk of ``head``'s prompt, handed to the
-        arena together (it runs them as one pass or two), results handed to their callers."""
-        chunk = None
-        if head is not None:
+    def _heads(self, prompts: list[_Pass]) -> list[_Pass]:
+        """The multi-token passes (prompts, speculative drafts) this step takes: the first, and,
+        where the arena packs them into one pass (``packs_prompts``), those after it while their
+        tokens fit :data:`PREFILL_CHUNK`."""
+        if not prompts:
+            return []
+        if not getattr(self.arena, "packs_prompts", False):
+            return prompts[:1]
+        heads, budget = [prompts[0]], PREFILL_CHUNK - min(len(prompts[0].tokens), PREFILL_CHUNK)
+        for p in prompts[1:]:
+            if len(p.tokens) > budget:
+                break
+            heads.append(p)
+            budget -= len(p.tokens)
+        return heads
+
+    def _step(self, passes: list[_Pass], heads: list[_Pass]) -> None:
+        """One step: the decoding passes and the next chunk of each of ``heads``, handed to the
+        arena together (it runs them as one pass or several), results handed to their callers."""
+        chunks = []
+        for head in heads:
             part, head.tokens = head.tokens[:PREFILL_CHUNK], head.tokens[PREFILL_CHUNK:]
-            chunk = (head.state, part, head.every_position)
+            chunks.append((head.state, part, head.every_position))
         start = time.perf_counter()
         try:
-            decoded, prefilled = self.arena.step([(p.state, p.tokens[0]) for p in passes], chunk)
+            decoded, prefilled = self.arena.step([(p.state, p.tokens[0]) for p in passes], chunks)
         except BaseException as err:  # handed to each waiting caller, who raises it
             log.debug("%s: a batched pass failed: %s", self.name, err)
-            for p in passes + ([head] if head is not None else []):
+            for p in passes + heads:
                 p.error = err
                 p.done.set()
             return
@@ -184,15 +197,15 @@ class BatchScheduler:
                 self._last_pass[id(p.state)] = self.steps
                 p.logits = row
                 p.done.set()
-        if head is not None:
+        for head, logits in zip(heads, prefilled):
             if head.every_position:
-                head.rows.append(prefilled)
+                head.rows.append(logits)
             if not head.tokens:
                 if head.every_position:
-                    head.logits = torch.cat(head.rows) if isinstance(prefilled, torch.Tensor) \
+                    head.logits = torch.cat(head.rows) if isinstance(logits, torch.Tensor) \
                         else np.concatenate(head.rows)
                 else:
-                    head.logits = prefilled
+                    head.logits = logits
                 head.done.set()
 
     def _make_room(self, needed: int, busy: set[int]) -> None:

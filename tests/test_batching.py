@@ -257,3 +257,16 @@ def test_a_dropped_scheduler_ends_its_thread_and_frees_its_arena():
         gc.collect()
         time.sleep(0.1)
     assert not thread.is_alive() and gone() is None
+
+
+def test_speculative_drafts_of_several_sequences_share_one_packed_pass(hf_model):
+    """Prompt-lookup drafts are multi-token passes; the transformers arena packs several of them
+    with the decode rows into one pass. Replies stay their solo ones; drafts are still taken."""
+    texts = ["the quick brown fox jumps over the lazy dog", "a bird in the hand is worth two in the bush",
+             "all that glitters is not gold, and all that wander are not lost", "to be or not to be, that is it"]
+    prompts = [[{"role": "user", "content": f"Repeat exactly, twice: {t}"}] for t in texts]
+    solo = [hf_model.generate(p, max_tokens=40).result() for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: hf_model.generate(p, max_tokens=40).result(), prompts))
+    assert [r.text for r in together] == [r.text for r in solo]
+    assert sum(r.usage.speculated_tokens for r in together) > 0

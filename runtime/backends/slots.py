@@ -123,13 +123,17 @@ class SlotArena:
             kept = [self._clone(array[:, :n]) for array in state.parked] if state.parked is not None else None
         return SlotState(length=n, parked=kept)
 
-    def step(self, decodes: Seq[tuple[SlotState, int]], chunk: tuple[SlotState, list[int], bool] | None):
-        """One scheduler step: a token for each of ``decodes`` and, with ``chunk`` (state, tokens,
-        every_position), a prompt's next tokens. Returns (the decodes' logits or None, the
-        chunk's or None). Here two passes, as the decoder takes them; an arena that can pack both
-        into one pass (backends/torch_slots.py) overrides it."""
+    #: Whether ``step`` runs several prompt chunks and the decode rows as one pass.
+    packs_prompts = False
+
+    def step(self, decodes: Seq[tuple[SlotState, int]], chunks: Seq[tuple[SlotState, list[int], bool]]):
+        """One scheduler step: a token for each of ``decodes`` and, for each of ``chunks`` (state,
+        tokens, every_position), a prompt's next tokens. Returns (the decodes' logits or None, a
+        list of each chunk's). Here one pass for the decodes and one per chunk, as the decoder
+        takes them; an arena that packs them all into one pass (backends/torch_slots.py)
+        overrides it."""
         decoded = self.decode([s for s, _ in decodes], [t for _, t in decodes]) if decodes else None
-        return decoded, (self.prefill(*chunk) if chunk is not None else None)
+        return decoded, [self.prefill(*chunk) for chunk in chunks]
 
     def sit_out_full_rows(self, states: Seq[SlotState]) -> None:
         """Park active rows at the full window that are not in this pass: a row sitting out still

@@ -80,17 +80,19 @@ class TorchSlotArena(SlotArena):
     def _clone(array: torch.Tensor) -> torch.Tensor:
         return array.clone()
 
+    packs_prompts = True
+
     def prefill(self, state: SlotState, token_ids: Seq[int], every_position: bool) -> torch.Tensor:
-        return self.step([], (state, list(token_ids), every_position))[1]
+        return self.step([], [(state, list(token_ids), every_position)])[1][0]
 
     def decode(self, states: Seq[SlotState], tokens: Seq[int]) -> torch.Tensor:
-        return self.step(list(zip(states, tokens)), None)[0]
+        return self.step(list(zip(states, tokens)), [])[0]
 
-    def step(self, decodes: Seq[tuple[SlotState, int]], chunk: tuple[SlotState, list[int], bool] | None):
-        """One packed pass: a token for each decoding sequence and, with ``chunk``, a prompt's next
-        tokens. Returns the decoding sequences' logits (``[n, vocab]``, or None without any) and
-        the chunk's (of its last position, or of every one), or None."""
-        rows = [(state, [token]) for state, token in decodes] + ([(chunk[0], chunk[1])] if chunk else [])
+    def step(self, decodes: Seq[tuple[SlotState, int]], chunks: Seq[tuple[SlotState, list[int], bool]]):
+        """One packed pass: a token for each decoding sequence and each chunk's tokens. Returns the
+        decoding sequences' logits (``[n, vocab]``, or None without any) and a list of each
+        chunk's (of its last position, or of every one)."""
+        rows = [(state, [token]) for state, token in decodes] + [(state, list(new)) for state, new, _ in chunks]
         for state, _ in rows:
             self.activate(state)
         self._ensure(len(self.slots), max(state.length + len(new) for state, new in rows))
@@ -110,16 +112,19 @@ class TorchSlotArena(SlotArena):
         positions_t, key_positions_t = as_tensor(positions), as_tensor(key_positions)
         allowed = (as_tensor(query_rows)[:, None] == as_tensor(key_rows)[None, :]) & \
             (key_positions_t[None, :] <= positions_t[:, None])
-        keep = [end - 1 for end in ends[: len(decodes)]]
-        if chunk is not None:
-            first = ends[-2] if len(ends) > 1 else 0
-            keep += list(range(first, ends[-1])) if chunk[2] else [ends[-1] - 1]
+        n = len(decodes)
+        keep = [end - 1 for end in ends[:n]]
+        spans = []  # where each chunk's kept logits sit among the kept rows
+        for i, (_, _, every_position) in enumerate(chunks):
+            first, end = (ends[n + i - 1] if n + i else 0), ends[n + i]
+            wanted = list(range(first, end)) if every_position else [end - 1]
+            spans.append((len(keep), len(keep) + len(wanted), every_position))
+            keep += wanted
         cache = _PackedCache(self._buffers, as_tensor(slots), positions_t, as_tensor(key_slots), key_positions_t)
         logits = self._forward(as_tensor([ids]), positions_t[None], allowed[None, None], cache, as_tensor(keep))
         for state, new in rows:
             state.length += len(new)
-        n = len(decodes)
-        return (logits[:n] if n else None), (logits[n:] if chunk and chunk[2] else logits[n] if chunk else None)
+        return (logits[:n] if n else None), [logits[a:b] if every else logits[a] for a, b, every in spans]
 
     @torch.inference_mode()
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache: _PackedCache,
