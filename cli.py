@@ -489,7 +489,8 @@ def _suite_command(name: str, target: str):
         for key in sorted({k for row in run.summary.values() for k in row}):
             table.add_row(key, *(str(row.get(key, "")) for row in run.summary.values()))
         _print_table(table)
-        click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'}")
+        click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'} "
+                   f"({run.concurrency} item{'s' if run.concurrency > 1 else ''} at once)")
 
     command.__doc__ = f"Run the {name} suite."
     return eval_group.command(name)(command)

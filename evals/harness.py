@@ -180,6 +180,8 @@ def _svg_scatter(results: list[ItemResult]) -> str:
 
 
 def render_html(run: EvalRun) -> str:
+    at_once = (f", {run.concurrency} at once (each latency includes the others' share of the model)"
+               if run.concurrency > 1 else ", one at a time")
     metrics = sorted({k for row in run.summary.values() for k in row})
     modes = list(run.summary)
     head = "".join(f"<th>{html.escape(m)}</th>" for m in modes)
@@ -195,7 +197,7 @@ def render_html(run: EvalRun) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.fail td:nth-child(4){{color:#c00;font-weight:bold}}
 pre{{white-space:pre-wrap;max-width:60em}}</style></head><body>
-<h1>{html.escape(run.suite)}</h1><p>model: <code>{html.escape(run.model)}</code>, {len(run.items)} item runs</p>
+<h1>{html.escape(run.suite)}</h1><p>model: <code>{html.escape(run.model)}</code>, {len(run.items)} item runs{at_once}</p>
 <h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
 <h2>Latency and tokens</h2>{_svg_scatter(run.items)}
 <h2>Items</h2><table><tr><th>id</th><th>category</th><th>mode</th><th>result</th><th>latency s</th><th>tokens</th><th>trace</th></tr>{items}</table>
