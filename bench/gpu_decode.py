@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_shapes import build, timed
 from slmflow.runtime.backends.transformers_backend import TransformersBackend
 from slmflow.runtime.backends.weight_only import quantize_weight_only
 from slmflow.runtime.constraints import JsonSchema
@@ -35,37 +36,6 @@ from slmflow.runtime.tokenizer import ChatTokenizer
 BANDWIDTH = 3.0e12
 LONG_ARRAY = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9},
               "minItems": 400, "maxItems": 400}
-
-
-def build(shape: str, vocab: int):
-    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
-
-    if shape == "phi3.5-mini":
-        config = Phi3Config(vocab_size=vocab, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-                            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                            original_max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-        cls = Phi3ForCausalLM
-    else:
-        config = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                             tie_word_embeddings=True, rope_theta=100000.0, pad_token_id=2, bos_token_id=1,
-                             eos_token_id=2)
-        cls = LlamaForCausalLM
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = cls(config).eval()
-    torch.set_default_dtype(torch.float32)
-    model.generation_config.eos_token_id = None  # random weights: never stop early
-    return model
-
-
-def timed(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def decode_rate(run, n: int, repeats: int = 3) -> float:
