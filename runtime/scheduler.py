@@ -5,9 +5,10 @@ sampler, constraint, stop rules, loop detection and stream; only its forward pas
 ``extend`` hands a pass over and waits for its logits. The scheduler thread takes the waiting
 passes between steps (so sequences join and leave at any step: continuous batching) and runs
 one-token passes of all sequences as one batched pass, and prompts in chunks of
-:data:`PREFILL_CHUNK` tokens, one chunk per step, so a long prompt does not stall the others'
-decoding. Sampling and masks stay with each sequence's thread (llguidance computes masks
-without the GIL), overlapping each other.
+:data:`PREFILL_CHUNK` tokens (one chunk per step; several, with speculative drafts, where the arena
+packs them into the decode pass), so a long prompt does not stall the others' decoding.
+Sampling and masks stay with each sequence's thread (llguidance computes masks without the GIL),
+overlapping each other.
 
 Before a step the scheduler waits, up to ``gather_s``, for the sequences of the last batched pass
 to hand their next pass over (a batch with one missing costs that one a whole step); one that
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from slmflow.runtime.backends.slots import SlotSequence
 
 log = logging.getLogger("slmflow")
 
@@ -86,6 +88,10 @@ class BatchScheduler:
     @property
     def max_sequences(self) -> int:
         return self.arena.max_slots
+
+    def new_sequence(self, capacity: int) -> SlotSequence:
+        """A fresh sequence whose passes this scheduler runs (room up to the model's window)."""
+        return SlotSequence(self, min(capacity, self.arena.context_length))
 
     def extend(self, state, tokens: list[int], every_position: bool):
         """Run ``tokens`` after ``state``'s and wait for the logits (of the last position, or of
@@ -163,7 +169,7 @@ class BatchScheduler:
         tokens fit :data:`PREFILL_CHUNK`."""
         if not prompts:
             return []
-        if not getattr(self.arena, "packs_prompts", False):
+        if not self.arena.packs_prompts:
             return prompts[:1]
         heads, budget = [prompts[0]], PREFILL_CHUNK - min(len(prompts[0].tokens), PREFILL_CHUNK)
         for p in prompts[1:]:

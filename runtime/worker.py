@@ -5,8 +5,8 @@ A model without a scheduler runs one generation at a time (its KV state and pref
 to one generation), so concurrent requests are queued, not interleaved. A batching model
 (runtime/scheduler.py) runs up to ``concurrency`` at once, each on its own thread, their forward
 passes batched; an endpoint's requests go out concurrently. runtime/registry.py gives each loaded
-model exactly one worker. A full
-queue answers 429 (clients retry with backoff) instead of growing without bound. A request whose
+model exactly one worker. A full queue answers 429 (clients retry with backoff) instead of growing
+without bound. A request whose
 client goes away (streamed or not: the server passes a ``gone`` probe) stops at its next token,
 and the model's generator is closed so its cache entry is released as after any finished request;
 one dropped while it still waited never starts, so the requests behind it do not wait for it.

@@ -161,9 +161,7 @@ class OnnxGenaiBackend:
 
     def new_sequence(self, capacity: int, processed=None):
         if self.scheduler is not None and processed is None:
-            from slmflow.runtime.backends.slots import SlotSequence
-
-            return SlotSequence(self.scheduler, self.scheduler.arena, min(capacity, self.context_length))
+            return self.scheduler.new_sequence(capacity)
         return OnnxGenaiSequence(self._og, self.model, capacity, self._kv_bytes_per_token, processed)
 
     def images(self, pictures: Seq) -> object | None:

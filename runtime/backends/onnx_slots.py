@@ -62,8 +62,6 @@ class OnnxSlotArena(SlotArena):
     def _clone(array: np.ndarray) -> np.ndarray:
         return array.copy()
 
-    # passes --------------------------------------------------------------------------------------
-
     def prefill(self, state: SlotState, token_ids: Seq[int], every_position: bool) -> np.ndarray:
         self.activate(state)
         n = len(token_ids)
@@ -74,9 +72,12 @@ class OnnxSlotArena(SlotArena):
         return logits[0] if every_position else logits[0, -1]
 
     def decode(self, states: Seq[SlotState], tokens: Seq[int]) -> np.ndarray:
+        """The pass binds slots ``0..n-1`` as one tensor, so active slots not in ``states`` run
+        along: their rows are computed and dropped, and the KV written at their next position is
+        overwritten when they next decode."""
         for state in states:
             self.activate(state)
-        self.sit_out_full_rows(states)
+        self._sit_out_full_rows(states)
         self._ensure(len(self.slots), max(s.length for s in self.slots) + 1)
         rows = len(self.slots)
         ids = np.zeros((rows, 1), dtype=self._ids_dtype)
@@ -87,6 +88,12 @@ class OnnxSlotArena(SlotArena):
         for state in states:
             state.length += 1
         return logits[[s.slot for s in states]]
+
+    def _sit_out_full_rows(self, states: Seq[SlotState]) -> None:
+        """Park active rows at the full window that are not in this pass: a row sitting out still
+        has its next position written, and such a row has none (it cannot decode further)."""
+        for idle in [s for s in self.slots if s.length >= self.context_length and all(s is not t for t in states)]:
+            self.park(idle)
 
     def _run(self, ids: np.ndarray, lengths: np.ndarray, first_slot: int, rows: int) -> np.ndarray:
         """One pass of the decoder over ``rows`` slots from ``first_slot``; ``lengths``: each row's

@@ -51,9 +51,7 @@ class SlotArena:
         raise NotImplementedError
 
     def decode(self, states: Seq[SlotState], tokens: Seq[int]) -> np.ndarray:
-        """One token for each of ``states`` in one pass; ``[len(states), vocab]`` logits. Active
-        slots not in ``states`` run along (their rows are computed and dropped; the KV written at
-        their next position is overwritten when they next decode)."""
+        """One token for each of ``states`` in one pass; ``[len(states), vocab]`` logits."""
         raise NotImplementedError
 
     @property
@@ -135,12 +133,6 @@ class SlotArena:
         decoded = self.decode([s for s, _ in decodes], [t for _, t in decodes]) if decodes else None
         return decoded, [self.prefill(*chunk) for chunk in chunks]
 
-    def sit_out_full_rows(self, states: Seq[SlotState]) -> None:
-        """Park active rows at the full window that are not in this pass: a row sitting out still
-        has its next position written, and such a row has none (it cannot decode further)."""
-        for idle in [s for s in self.slots if s.length >= self.context_length and all(s is not t for t in states)]:
-            self.park(idle)
-
 
 class SlotState:
     """One sequence's place in the arena: its length, and its slot or its parked KV."""
@@ -157,9 +149,9 @@ class SlotSequence:
 
     feeds_on_device = False
 
-    def __init__(self, scheduler, arena: SlotArena, capacity: int, state: SlotState | None = None) -> None:
+    def __init__(self, scheduler, capacity: int, state: SlotState | None = None) -> None:
         self._scheduler = scheduler
-        self._arena = arena
+        self._arena: SlotArena = scheduler.arena
         self.state = state or SlotState()
         self.capacity = capacity
 
@@ -182,7 +174,7 @@ class SlotSequence:
 
     def fork(self) -> SlotSequence:
         with self._arena.lock:
-            return SlotSequence(self._scheduler, self._arena, self.capacity, self._arena.copy(self.state))
+            return SlotSequence(self._scheduler, self.capacity, self._arena.copy(self.state))
 
     def park(self) -> None:
         """Free the slot after a generation (the KV is kept, compactly, for the prefix cache)."""

@@ -144,9 +144,7 @@ class TransformersBackend:
 
     def new_sequence(self, capacity: int):
         if self.scheduler is not None:
-            from slmflow.runtime.backends.slots import SlotSequence
-
-            return SlotSequence(self.scheduler, self.scheduler.arena, min(capacity, self.context_length))
+            return self.scheduler.new_sequence(capacity)
         if self.fast_path:
             from slmflow.runtime.backends.cuda_graph import CudaGraphSequence
 
