@@ -18,12 +18,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ValidationError
 from slmflow.runtime.errors import SlmflowError
+
+if TYPE_CHECKING:
+    import torch
 
 # One space after ',' and ':' and no other whitespace: the model cannot pad until the token limit.
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -353,18 +355,20 @@ class ConstraintMatcher:
     """Per-generation state: which tokens may come next."""
 
     def __init__(self, matcher, vocab_size: int) -> None:
-        import llguidance.torch
+        import llguidance.numpy
 
         self._m = matcher
         self._vocab = vocab_size
-        self._fill = llguidance.torch.fill_next_token_bitmask
-        self._words = llguidance.torch.allocate_token_bitmask(1, vocab_size)  # filled in place, no copy
-        self._bytes = self._words.numpy().view(np.uint8)
+        self._fill = llguidance.numpy.fill_next_token_bitmask
+        self._words = llguidance.numpy.allocate_token_bitmask(1, vocab_size)  # filled in place, no copy
+        self._bytes = self._words.view(np.uint8)
+        self._pinned: torch.Tensor | None = None  # the words in pinned memory, once a GPU reads them
         self._device_words: torch.Tensor | None = None
         self._shifts: torch.Tensor | None = None
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits with every disallowed token at -inf (padding beyond the vocabulary included)."""
+    def mask(self, logits):
+        """Logits (a torch tensor or a numpy array, returned as the same kind) with every
+        disallowed token at -inf (padding beyond the vocabulary included)."""
         self.fill()
         return self.apply(logits)
 
@@ -372,26 +376,37 @@ class ConstraintMatcher:
         """Compute the allowed-token bitmask for the next position (the engine's work)."""
         self._fill(self._m, self._words, 0)
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+    def apply(self, logits):
         """Set the logits of tokens outside the last computed bitmask to -inf."""
-        if logits.device.type != "cpu":
+        on_host = isinstance(logits, np.ndarray)
+        if not on_host and logits.device.type != "cpu":
             return self._apply_on_device(logits)
         n = logits.shape[-1]
         bits = np.unpackbits(self._bytes, bitorder="little").view(np.bool_)
         if bits.shape[0] < n:
             bits = np.pad(bits, (0, n - bits.shape[0]))
         out = np.full(n, -np.inf, dtype=np.float32)  # numpy's masked copy is the fastest path on the host
-        np.copyto(out, logits.float().numpy(), where=bits[:n])
+        np.copyto(out, logits if on_host else logits.float().numpy(), where=bits[:n])
+        if on_host:
+            return out
+        import torch
+
         return torch.from_numpy(out)
 
     def _apply_on_device(self, logits: torch.Tensor) -> torch.Tensor:
         """The packed words travel (vocab/8 bytes, from pinned memory, without waiting) and are
         unpacked on the device. Reusing the host buffer is safe: the loop waits for each sampled
         token, which comes after this copy, before the engine fills the buffer again."""
+        import torch
+
+        if self._pinned is None:  # from now on the engine fills a pinned buffer
+            self._pinned = torch.from_numpy(self._words).pin_memory()
+            self._words = self._pinned.numpy()
+            self._bytes = self._words.view(np.uint8)
         if self._device_words is None or self._device_words.device != logits.device:
             self._device_words = torch.empty(self._words.shape[1], dtype=torch.int32, device=logits.device)
             self._shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-        self._device_words.copy_(self._words[0], non_blocking=True)
+        self._device_words.copy_(self._pinned[0], non_blocking=True)
         n = logits.shape[-1]
         allowed = ((self._device_words.unsqueeze(-1) >> self._shifts) & 1).view(-1).bool()
         if allowed.shape[0] < n:

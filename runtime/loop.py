@@ -14,9 +14,8 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-import torch
 from pydantic import BaseModel
-from slmflow.runtime.backends.base import Sequence
+from slmflow.runtime.backends.base import Logits, Sequence
 from slmflow.runtime.constraints import ConstraintMatcher
 from slmflow.runtime.options import GenerateOptions
 from slmflow.runtime.prefix_cache import CacheStats
@@ -84,14 +83,14 @@ class GenerationResult(BaseModel):
     cache: CacheStats | None = None
 
 
-def prefill(seq: Sequence, token_ids: Seq[int]) -> torch.Tensor:
+def prefill(seq: Sequence, token_ids: Seq[int]) -> Logits:
     """Feed the prompt's uncached suffix in one forward pass; return next-token logits."""
     return seq.extend(token_ids)
 
 
 def decode_tokens(
     seq: Sequence,
-    logits: torch.Tensor,
+    logits: Logits,
     sampler: Sampler,
     max_tokens: int,
     eos: frozenset[int],
@@ -163,15 +162,15 @@ def decode_tokens(
             return
 
 
-def _accept_draft(rows: torch.Tensor, draft: list[int], matcher: ConstraintMatcher | None,
-                  eos: frozenset[int]) -> tuple[int, torch.Tensor, bool]:
+def _accept_draft(rows: Logits, draft: list[int], matcher: ConstraintMatcher | None,
+                  eos: frozenset[int]) -> tuple[int, Logits, bool]:
     """How many drafted tokens greedy decoding would have chosen itself; ``rows[i]`` are the logits
     for the position of ``draft[i]``. Returns that count, the logits for the position after the
     last kept token (masked already if a draft token was rejected there), and whether the kept
     tokens ended the generation (EOS, or the constraint's end)."""
     for i, token in enumerate(draft):
         row = matcher.mask(rows[i]) if matcher is not None else rows[i]
-        if int(torch.argmax(row)) != token:
+        if int(row.argmax()) != token:
             return i, row, False
         if matcher is not None:
             matcher.advance(token)

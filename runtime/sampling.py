@@ -3,14 +3,22 @@
 Written once for every backend, over torch tensors so that the same code runs on the device that
 produced the logits. Filters apply in the order Hugging Face uses (temperature, top-k, top-p,
 min-p), so a user moving from ``model.generate`` gets the distribution they expect.
+
+Greedy decoding without penalties (the default) of host logits in a numpy array (the ONNX
+backends) is one ``argmax`` and needs no torch: torch is imported where it is used, so such a
+process never loads libtorch (~190 MB of resident memory, half the embedded model's footprint).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from slmflow.runtime.sampling_params import SamplingParams, Seed
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SamplingParams", "Seed", "Sampler", "filtered_probs", "filtered_scores", "gumbel_max"]
 
@@ -19,6 +27,8 @@ def filtered_scores(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     """The tempered logits with ``-inf`` outside the tokens the filters keep; their softmax is the
     distribution sampling draws from. Staying in logit space lets the sampler skip the softmax and
     the renormalisation (see :meth:`Sampler.pick`)."""
+    import torch
+
     scores = logits.float() / max(params.temperature, 1e-5)
     vocab = scores.shape[-1]
     if 0 < params.top_k < vocab:
@@ -35,6 +45,8 @@ def filtered_scores(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
 
 def _nucleus_by_sorting(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Top-p over the whole vocabulary, with no host read (the GPU path)."""
+    import torch
+
     sorted_scores, order = torch.sort(scores, descending=False)
     cumulative = sorted_scores.softmax(-1).cumsum(-1)
     # Drop the low tail whose mass is <= 1 - top_p; the most likely token always survives.
@@ -51,6 +63,8 @@ def _nucleus_from_top_k(scores: torch.Tensor, top_p: float) -> torch.Tensor | No
     ``top_p`` of the mass; None when they do not. On a CPU, sorting a 49k vocabulary costs ~4 ms a
     token, as much as half a decode step of a small model, while top-256 and a log-sum-exp cost
     ~0.25 ms; the host read that decides is free there."""
+    import torch
+
     log_total = torch.logsumexp(scores, -1)
     for k in NUCLEUS_CANDIDATES:
         if k >= scores.shape[-1]:
@@ -78,6 +92,8 @@ def gumbel_max(scores: torch.Tensor, generator: torch.Generator | None) -> torch
 
     The noise is -log(-log(U)) with U uniform in [0, 1): U = 0 gives -inf noise, so a token can
     only lose by it, never be picked against its probability, and ``-inf`` scores stay ``-inf``."""
+    import torch
+
     uniform = torch.rand(scores.shape, device=scores.device, generator=generator)
     return torch.argmax(scores - torch.log(-torch.log(uniform)))
 
@@ -88,11 +104,13 @@ class PendingToken:
     ``on_device`` can be fed to the next forward pass at once; ``wait`` blocks only until the
     sampling kernels are done, not for work queued after them (the next forward pass)."""
 
-    def __init__(self, on_device: torch.Tensor, host: torch.Tensor | None) -> None:
+    def __init__(self, on_device, host: torch.Tensor | None) -> None:
         self.on_device = on_device
         self._host = host
         self._ready = None
         if host is not None:
+            import torch
+
             host.copy_(on_device, non_blocking=True)
             self._ready = torch.cuda.Event()
             self._ready.record()
@@ -113,12 +131,18 @@ class Sampler:
     def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: list[int], device) -> None:
         self.params = params
         self._rng = None
-        if not params.greedy:
-            self._rng = torch.Generator(device=device)
-            self._rng.manual_seed(params.seed if params.seed is not None else torch.seed())
         self._counts = None
         self._seen = None
         self._host = None
+        #: Greedy without penalties: numpy logits need only their argmax (no torch at all).
+        self._plain_greedy = params.greedy and not params.penalised
+        if self._plain_greedy and str(device) == "cpu":
+            return
+        import torch
+
+        if not params.greedy:
+            self._rng = torch.Generator(device=device)
+            self._rng.manual_seed(params.seed if params.seed is not None else torch.seed())
         if torch.device(device).type == "cuda":
             self._host = torch.zeros((), dtype=torch.long, pin_memory=True)
         if params.penalised:
@@ -128,6 +152,8 @@ class Sampler:
                 self._seen[torch.tensor(prompt_ids, device=device)] = True
 
     def _penalise(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         p = self.params
         logits = logits.float()
         if p.repetition_penalty != 1.0:
@@ -141,8 +167,17 @@ class Sampler:
             logits = logits - p.presence_penalty * (counts > 0).float()
         return logits
 
-    def pick(self, logits: torch.Tensor) -> PendingToken:
-        """Choose the next token from last-position logits (1-D, vocab-sized), without waiting for it."""
+    def pick(self, logits) -> PendingToken:
+        """Choose the next token from last-position logits (1-D, vocab-sized; a torch tensor, or
+        a numpy array from a host backend), without waiting for it."""
+        if isinstance(logits, np.ndarray):
+            if self._plain_greedy:
+                return PendingToken(int(np.argmax(logits)), None)
+            import torch
+
+            logits = torch.from_numpy(logits)
+        import torch
+
         if self._counts is not None:
             logits = self._penalise(logits)
         if self.params.greedy:

@@ -25,9 +25,9 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
 from slmflow.runtime.backends.slots import SlotSequence
 
 log = logging.getLogger("slmflow")
@@ -208,8 +208,8 @@ class BatchScheduler:
                 head.rows.append(logits)
             if not head.tokens:
                 if head.every_position:
-                    head.logits = torch.cat(head.rows) if isinstance(logits, torch.Tensor) \
-                        else np.concatenate(head.rows)
+                    head.logits = np.concatenate(head.rows) if isinstance(logits, np.ndarray) \
+                        else _torch_cat(head.rows)
                 else:
                     head.logits = logits
                 head.done.set()
@@ -224,3 +224,9 @@ class BatchScheduler:
                       key=lambda s: self._last_pass.get(id(s), -1))
         for state in idle[: needed - free]:
             self.arena.park(state)
+
+
+def _torch_cat(rows: list) -> Any:
+    import torch  # only a torch arena's rows are tensors; an onnxruntime model's process never loads torch
+
+    return torch.cat(rows)

@@ -7,11 +7,34 @@ are identical whichever backend runs them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from slmflow.runtime.errors import ModelLoadError, PromptError
 from slmflow.runtime.messages import Message
+
+#: tokenizer_config.json classes that are a plain tokenizer.json with nothing model-specific.
+_PLAIN_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
+
+
+def _load_hf_tokenizer(folder: Path, gguf_file: str | None):
+    """The folder's tokenizer. A plain tokenizer.json (the ONNX model builder writes one) is loaded
+    by its class directly: AutoTokenizer reads the model config first, and transformers' config
+    module imports torch (~190 MB resident), which a process running an ONNX model never needs."""
+    config = folder / "tokenizer_config.json"
+    if gguf_file is None and (folder / "tokenizer.json").is_file() and config.is_file():
+        try:
+            plain = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") in _PLAIN_TOKENIZER_CLASSES
+        except (OSError, json.JSONDecodeError):
+            plain = False  # AutoTokenizer below reports a broken config by name
+        if plain:
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
 
 
 class ChatTokenizer:
@@ -21,10 +44,8 @@ class ChatTokenizer:
 
     @classmethod
     def from_folder(cls, folder: Path, extra_eos: Sequence[int] = (), gguf_file: str | None = None):
-        from transformers import AutoTokenizer
-
         try:
-            hf = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            hf = _load_hf_tokenizer(folder, gguf_file)
         except Exception as err:  # transformers raises many types for a broken folder
             raise ModelLoadError(
                 f"cannot load the tokenizer from {folder}: {err}",

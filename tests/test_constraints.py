@@ -206,3 +206,20 @@ def test_one_of_and_formats(onnx_model):
                                            max_tokens=120).text())
     jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", value["when"])
+
+
+def test_jump_forward_gives_the_tokens_decoding_without_it_gives(hf_model):
+    """Forced tokens are the ones the model would have been held to anyway, in its own tokenization:
+    on a backend whose one-token and batched passes agree (fp32 transformers on a CPU), the reply
+    with jump-forward equals the reply without it token for token."""
+    assert hf_model.backend.batch_invariant
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
+                                               "age": {"type": "integer"},
+                                               "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 20},
+                                                           "maxItems": 2}},
+              "required": ["name", "age", "hobbies"], "additionalProperties": False}
+    prompt = "Describe a fictional person as JSON."
+    forced = hf_model.generate(prompt, constraint=JsonSchema(schema), max_tokens=80, jump_forward=True).result()
+    sampled = hf_model.generate(prompt, constraint=JsonSchema(schema), max_tokens=80, jump_forward=False).result()
+    assert forced.usage.forced_tokens >= 5 and sampled.usage.forced_tokens == 0
+    assert forced.token_ids == sampled.token_ids

@@ -82,3 +82,32 @@ def test_the_runtime_imports_nothing_above_it():
     leaks = {(m, d) for m, deps in import_graph().items() if m.startswith("slmflow.runtime")
              for d in deps if d.startswith(above)}
     assert leaks == set()
+
+
+NO_TORCH_RUN = """
+import json, sys
+from slmflow.runtime import load_model
+from slmflow.runtime.constraints import JsonSchema
+model = load_model("embedded")
+text = model.generate("Name a colour.", max_tokens=8).text()
+schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}}, "required": ["name"]}
+reply = model.generate("A JSON name, please.", max_tokens=24, constraint=JsonSchema(schema)).text()
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({"torch": "torch" in sys.modules, "text": text, "reply": reply,
+                  "peak_mb": int(status["VmHWM"].split()[0]) / 1024}))
+"""
+
+
+def test_greedy_and_constrained_onnx_generation_never_import_torch(onnx_model):
+    """The ONNX path's logits stay numpy (runtime/backends/base.py): greedy decoding, JSON
+    constraints and the tokenizer need no torch, whose libraries alone hold ~190 MB resident."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_RUN], capture_output=True, text=True, timeout=300,
+                          check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False
+    assert seen["text"].strip() and json.loads(seen["reply"])["name"]
+    assert seen["peak_mb"] < 400

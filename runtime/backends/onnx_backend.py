@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from slmflow.runtime.errors import ModelLoadError
 from slmflow.runtime.specs import ModelSpec
 from slmflow.runtime.tokenizer import ChatTokenizer
 
 if TYPE_CHECKING:
+    import torch
     from slmflow.runtime.scheduler import BatchScheduler
 
 
@@ -43,23 +43,23 @@ class OnnxGenaiSequence:
         self.length = 0
         self.capacity = capacity
 
-    def extend(self, token_ids: Seq[int]) -> torch.Tensor:
+    def extend(self, token_ids: Seq[int]) -> np.ndarray:
         if self._processed is not None:
             processed, self._processed = self._processed, None
             self._generator.set_inputs(processed)
         else:
             self._generator.append_tokens(np.asarray(token_ids, dtype=np.int32))
         self.length += len(token_ids)
-        return torch.from_numpy(self._generator.get_logits()[0, -1])
+        return self._generator.get_logits()[0, -1]
 
-    def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
+    def extend_on_device(self, token: torch.Tensor) -> np.ndarray:
         raise NotImplementedError("this backend feeds tokens from the host")
 
-    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
+    def extend_all(self, token_ids: Seq[int]) -> np.ndarray:
         # get_logits keeps the last position only; the decoder's own output has every position.
         self._generator.append_tokens(np.asarray(token_ids, dtype=np.int32))
         self.length += len(token_ids)
-        return torch.from_numpy(self._generator.get_output("logits")[0])
+        return self._generator.get_output("logits")[0]
 
     def rewind(self, length: int) -> None:
         self._generator.rewind_to(length)
@@ -107,7 +107,7 @@ class OnnxGenaiBackend:
         decoder = config["model"]["decoder"]
         self.context_length = int(config["model"].get("context_length") or 2048)
         self.vocab_size = int(config["model"]["vocab_size"])
-        self.device = torch.device("cpu")  # logits come back to the host as numpy
+        self.device = "cpu"  # logits come back to the host as numpy arrays
         kv_elem = 2 if "fp16" in json.dumps(config).lower() else 4
         self._kv_bytes_per_token = (
             2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * kv_elem

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence as Seq
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+    from slmflow.runtime.backends.base import Logits
 
 
 class SlotArena:
@@ -159,11 +162,12 @@ class SlotSequence:
     def length(self) -> int:
         return self.state.length
 
-    def extend(self, token_ids: Seq[int]) -> torch.Tensor:
-        return _tensor(self._scheduler.extend(self.state, list(token_ids), every_position=False))
+    # Logits come back as the arena computes them: numpy from onnxruntime, torch from transformers.
+    def extend(self, token_ids: Seq[int]) -> Logits:
+        return self._scheduler.extend(self.state, list(token_ids), every_position=False)
 
-    def extend_all(self, token_ids: Seq[int]) -> torch.Tensor:
-        return _tensor(self._scheduler.extend(self.state, list(token_ids), every_position=True))
+    def extend_all(self, token_ids: Seq[int]) -> Logits:
+        return self._scheduler.extend(self.state, list(token_ids), every_position=True)
 
     def extend_on_device(self, token: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("this backend feeds tokens from the host")
@@ -183,6 +187,3 @@ class SlotSequence:
     def nbytes(self) -> int:
         return self.state.length * self._arena.bytes_per_token
 
-
-def _tensor(logits) -> torch.Tensor:
-    return logits if isinstance(logits, torch.Tensor) else torch.from_numpy(logits)

@@ -1,0 +1,255 @@
+"""The embedded model on the CPU: our loop vs onnxruntime-genai's native loop vs llama.cpp (issue #32).
+
+    python bench/cpu_engines.py [--new-tokens 256] [--prompt-tokens 1000] [--repeats 5] [--folder ONNX]
+
+Same model (SmolLM2-135M-Instruct: our int4 ONNX conversion, llama.cpp the wheel's Q4_1 GGUF it
+was converted from), same token ids, greedy, every engine on all the machine's cores. Measured:
+
+* decode tok/s = (n - 1) / (T(prefill + n tokens) - T(prefill + 1 token)), so prefill cancels;
+* prefill: time to the first token of a ``--prompt-tokens`` prompt (our prefix cache off);
+* JSON Schema decoding: output tokens per second of a greedy reply held to one schema (ours:
+  llguidance with jump-forward; llama.cpp: its GBNF grammar sampler, the schema converted by
+  llama-cpp-python), prefill cancelled as above;
+* peak RSS of a fresh process that loads the engine and generates ``--new-tokens`` tokens.
+
+Engines alternate inside every repeat (A B C A B C) so machine noise hits all alike; medians are
+reported with the load average before and after, since llama.cpp's threads collapse when other
+work holds the cores (compare quietly, or report both). Prints a table and one JSON line.
+llama.cpp comes from ``pip install llama-cpp-python`` (it compiles; not a dependency of slmflow).
+``--folder`` runs ours and onnxruntime-genai on another conversion of the model (say, int8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PROMPT = "Write a long story about a dragon who learns to paint."
+JSON_PROMPT = "Describe a fictional person as JSON with their name, age, home city and up to three hobbies."
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer"},
+        "city": {"type": "string", "maxLength": 40},
+        "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3},
+    },
+    "required": ["name", "age", "city", "hobbies"],
+    "additionalProperties": False,
+}
+FILLER = ("The committee met on Tuesday to review the annual budget, the staffing plan and the new "
+          "safety rules for the northern warehouse, and agreed to publish its findings next month. ")
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Ours:
+    """Our loop on the embedded model's default backend."""
+
+    name = "ours"
+
+    def __init__(self, folder: str | None) -> None:
+        from slmflow.runtime import load_model
+
+        self.model = load_model(f"onnx:{folder}" if folder else "embedded")
+        self.model.cache.enabled = False  # every run prefills: no engine reuses a prompt here
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        # The other loops run to n tokens whatever they produce, so ours must not stop at a loop.
+        return self.model.generate(ids, max_tokens=n, stop_on_loops=False).result().token_ids
+
+    def generate_json(self, ids: list[int], n: int) -> list[int]:
+        from slmflow.runtime.constraints import JsonSchema
+
+        return self.model.generate(ids, max_tokens=n, constraint=JsonSchema(SCHEMA)).result().token_ids
+
+
+class OnnxNative:
+    """onnxruntime-genai's own loop (its Generator and greedy search) on the same folder."""
+
+    name = "onnxruntime-genai"
+
+    def __init__(self, folder: str | None) -> None:
+        import onnxruntime_genai as og
+        from slmflow.runtime import embedded
+
+        self.og = og
+        self.model = og.Model(folder or str(embedded.ensure_onnx()))
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(np.asarray(ids, dtype=np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        return list(generator.get_sequence(0))[len(ids):]
+
+
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python's low-level API: its decode and its own sampler chain."""
+
+    name = "llama.cpp"
+
+    def __init__(self, folder: str | None) -> None:
+        import llama_cpp
+        from slmflow.runtime import embedded
+
+        self.lc = llama_cpp
+        threads = os.cpu_count() or 1
+        self.llm = llama_cpp.Llama(str(embedded.find_gguf()), n_ctx=4096, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False)
+        self.ctx = self.llm._ctx.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self.n_batch = self.llm.n_batch
+        self.greedy = self._chain()
+        self.json_grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)._grammar
+
+    def _chain(self, grammar: str | None = None):
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if grammar is not None:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root"))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        return chain
+
+    def _feed(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), self.n_batch):
+            part = ids[start:start + self.n_batch]
+            tokens = (self.lc.llama_token * len(part))(*part)
+            if self.lc.llama_decode(self.ctx, self.lc.llama_batch_get_one(tokens, len(part))) != 0:
+                raise RuntimeError("llama_decode failed")
+
+    def _run(self, ids: list[int], n: int, chain, stop_at_eog: bool) -> list[int]:
+        self.lc.llama_memory_clear(self.memory, True)
+        self._feed(ids)
+        out: list[int] = []
+        while len(out) < n:
+            token = self.lc.llama_sampler_sample(chain, self.ctx, -1)
+            if stop_at_eog and self.lc.llama_vocab_is_eog(self.vocab, token):
+                break
+            out.append(token)
+            self._feed([token])
+        return out
+
+    def generate(self, ids: list[int], n: int) -> list[int]:
+        return self._run(ids, n, self.greedy, stop_at_eog=False)
+
+    def generate_json(self, ids: list[int], n: int) -> list[int]:
+        chain = self._chain(self.json_grammar)  # a grammar sampler holds its parse state: one per reply
+        try:
+            return self._run(ids, n, chain, stop_at_eog=True)
+        finally:
+            self.lc.llama_sampler_free(chain)
+
+
+ENGINES = {engine.name: engine for engine in (Ours, OnnxNative, LlamaCpp)}
+
+
+def peak_rss(name: str, n: int, folder: str | None) -> dict:
+    """Load ``name`` and generate n tokens in a fresh process; its peak RSS and whether it imported torch."""
+    child = subprocess.run([sys.executable, __file__, "--rss-child", name, "--new-tokens", str(n),
+                            *(["--folder", folder] if folder else [])], capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def rss_child(name: str, n: int, folder: str | None) -> None:
+    engine = ENGINES[name](folder)
+    ids = _prompt_ids(PROMPT)
+    engine.generate(ids, n)
+    # VmHWM, not getrusage's ru_maxrss: Linux carries the latter over exec from the parent.
+    status = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="ascii"))
+    print(json.dumps({"peak_mb": round(int(status["VmHWM"].split()[0]) / 1024, 1),
+                      "torch_imported": "torch" in sys.modules}))
+
+
+def _prompt_ids(text: str) -> list[int]:
+    """The chat-templated prompt as token ids, from the tokenizer alone (no model loaded)."""
+    from slmflow.runtime import embedded
+    from slmflow.runtime.messages import prompt_messages
+    from slmflow.runtime.tokenizer import ChatTokenizer
+
+    return ChatTokenizer.from_folder(embedded.ensure_onnx()).apply_chat_template(prompt_messages(text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--folder", help="an onnxruntime-genai folder for ours and its native loop")
+    parser.add_argument("--rss-child", choices=sorted(ENGINES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n = args.new_tokens
+    if args.rss_child:
+        return rss_child(args.rss_child, n, args.folder)
+    load_before = os.getloadavg()
+    engines = [make(args.folder) for make in ENGINES.values()]
+    ids, json_ids = _prompt_ids(PROMPT), _prompt_ids(JSON_PROMPT)
+    long_ids = _prompt_ids(FILLER * (args.prompt_tokens // 30 + 1))[: args.prompt_tokens]
+    outputs = {e.name: e.generate(ids, n) for e in engines}  # also warms every engine up
+    if len(outputs["ours"]) != n:
+        raise SystemExit(f"our greedy output ended after {len(outputs['ours'])} tokens; pick a longer prompt")
+    json_out = {e.name: e.generate_json(json_ids, n) for e in engines if hasattr(e, "generate_json")}
+    times: dict[str, dict[str, list[float]]] = {e.name: {} for e in engines}
+
+    def record(engine, key: str, fn) -> None:
+        times[engine.name].setdefault(key, []).append(timed(fn))
+
+    for _ in range(args.repeats):
+        for e in engines:
+            record(e, "one", lambda: e.generate(ids, 1))
+            record(e, "full", lambda: e.generate(ids, n))
+            record(e, "prefill", lambda: e.generate(long_ids, 1))
+            if e.name in json_out:
+                record(e, "json_one", lambda: e.generate_json(json_ids, 1))
+                record(e, "json_full", lambda: e.generate_json(json_ids, n))
+    med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+    rows = []
+    for e in engines:
+        m = med[e.name]
+        row = {"engine": e.name, "decode_tok_s": round((n - 1) / (m["full"] - m["one"]), 1),
+               "prefill_s": round(m["prefill"], 3)}
+        if e.name in json_out:
+            produced = len(json_out[e.name])
+            row["json_tokens"] = produced
+            row["json_tok_s"] = round((produced - 1) / (m["json_full"] - m["json_one"]), 1)
+        row.update(peak_rss(e.name, n, args.folder))
+        rows.append(row)
+    by = {r["engine"]: r for r in rows}
+    ours, native, llama = by["ours"], by["onnxruntime-genai"], by["llama.cpp"]
+    ratios = {
+        "decode_ours_vs_llama_cpp": round(ours["decode_tok_s"] / llama["decode_tok_s"], 3),
+        "decode_ours_vs_native": round(ours["decode_tok_s"] / native["decode_tok_s"], 3),
+        "prefill_speedup_vs_llama_cpp": round(llama["prefill_s"] / ours["prefill_s"], 3),
+        "json_ours_vs_llama_cpp": round(ours["json_tok_s"] / llama["json_tok_s"], 3),
+    }
+    agree = sum(int(a) == int(b) for a, b in zip(outputs["ours"], outputs["onnxruntime-genai"]))
+    print(f"{'engine':<20}{'decode tok/s':>13}{'prefill s':>11}{'json tok/s':>12}{'peak MB':>9}")
+    for r in rows:
+        print(f"{r['engine']:<20}{r['decode_tok_s']:>13}{r['prefill_s']:>11}{r.get('json_tok_s', '-'):>12}"
+              f"{r['peak_mb']:>9}")
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
+          f"ours = onnxruntime-genai on {agree} of {n} greedy tokens")
+    for name, toks in json_out.items():
+        print(f"json reply ({name}): {engines[0].model.tokenizer.decode(toks)!r}")
+    print(json.dumps({"folder": args.folder or "embedded", "new_tokens": n, "prompt_tokens": len(ids),
+                      "prefill_tokens": len(long_ids), "repeats": args.repeats, "cores": os.cpu_count(), "load_before": load_before[0],
+                      "load_after": os.getloadavg()[0], "rows": rows, "ratios": ratios,
+                      "greedy_agreement_with_native": agree}))
+
+
+if __name__ == "__main__":
+    main()
