@@ -7,6 +7,7 @@ User errors (a bad spec, a missing model, an empty prompt) end in one line on st
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import re
@@ -194,6 +195,9 @@ def models(as_json: bool, rebuild: bool) -> None:
          "state": "ready" if st.hf_ready else "converted on first use"},
         {"name": "embedded (onnx int4)", "location": str(st.onnx_dir),
          "state": "ready" if st.onnx_ready else "converted on first use"},
+        {"name": "embedded:llamacpp", "location": str(st.gguf) if st.gguf else "-",
+         "state": "ready (runs the GGUF)" if importlib.util.find_spec("llama_cpp")
+         else "needs: pip install llama-cpp-python"},
     ]
     config = load_config()
     for role in Role:

