@@ -23,6 +23,7 @@ llama.cpp comes from ``pip install llama-cpp-python`` (it compiles; not a depend
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -187,13 +188,20 @@ def rss_child(name: str, n: int, folder: str | None) -> None:
                       "torch_imported": "torch" in sys.modules}))
 
 
-def _prompt_ids(text: str) -> list[int]:
-    """The chat-templated prompt as token ids, from the tokenizer alone (no model loaded)."""
+@functools.cache
+def _tokenizer():
+    """The embedded model's tokenizer alone (no model loaded)."""
     from slmflow.runtime import embedded
-    from slmflow.runtime.messages import prompt_messages
     from slmflow.runtime.tokenizer import ChatTokenizer
 
-    return ChatTokenizer.from_folder(embedded.ensure_onnx()).apply_chat_template(prompt_messages(text))
+    return ChatTokenizer.from_folder(embedded.ensure_onnx())
+
+
+def _prompt_ids(text: str) -> list[int]:
+    """The chat-templated prompt as token ids."""
+    from slmflow.runtime.messages import prompt_messages
+
+    return _tokenizer().apply_chat_template(prompt_messages(text))
 
 
 def main() -> None:
@@ -201,6 +209,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--engines", nargs="+", choices=sorted(ENGINES), default=sorted(ENGINES),
+                        help="a subset (llama.cpp ran slower beside the ONNX engines in one process: report both)")
     parser.add_argument("--folder", help="an onnxruntime-genai folder for ours and its native loop")
     parser.add_argument("--rss-child", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,11 +218,11 @@ def main() -> None:
     if args.rss_child:
         return rss_child(args.rss_child, n, args.folder)
     load_before = os.getloadavg()
-    engines = [make(args.folder) for make in ENGINES.values()]
+    engines = [make(args.folder) for name, make in ENGINES.items() if name in args.engines]
     ids, json_ids = _prompt_ids(PROMPT), _prompt_ids(JSON_PROMPT)
     long_ids = _prompt_ids(FILLER * (args.prompt_tokens // 30 + 1))[: args.prompt_tokens]
     outputs = {e.name: e.generate(ids, n) for e in engines}  # also warms every engine up
-    if len(outputs["ours"]) != n:
+    if "ours" in outputs and len(outputs["ours"]) != n:
         raise SystemExit(f"our greedy output ended after {len(outputs['ours'])} tokens; pick a longer prompt")
     json_out = {e.name: e.generate_json(json_ids, n) for e in engines if hasattr(e, "generate_json")}
     times: dict[str, dict[str, list[float]]] = {e.name: {} for e in engines}
@@ -241,16 +251,25 @@ def main() -> None:
         row.update(peak_rss(e.name, n, args.folder))
         rows.append(row)
     by = {r["engine"]: r for r in rows}
-    ours, native, llama, ours_lc = by["ours"], by["onnxruntime-genai"], by["llama.cpp"], by["ours on llama.cpp"]
+
+    def ratio(a: str, b: str, key: str, inverse: bool = False) -> float | None:
+        if a not in by or b not in by or key not in by[a] or key not in by[b]:
+            return None
+        x, y = by[a][key], by[b][key]
+        return round(y / x if inverse else x / y, 3)
+
     ratios = {
-        "decode_ours_vs_llama_cpp": round(ours["decode_tok_s"] / llama["decode_tok_s"], 3),
-        "decode_ours_vs_native": round(ours["decode_tok_s"] / native["decode_tok_s"], 3),
-        "decode_ours_on_llama_cpp_vs_llama_cpp": round(ours_lc["decode_tok_s"] / llama["decode_tok_s"], 3),
-        "prefill_speedup_vs_llama_cpp": round(llama["prefill_s"] / ours["prefill_s"], 3),
-        "json_ours_vs_llama_cpp": round(ours["json_tok_s"] / llama["json_tok_s"], 3),
+        "decode_ours_vs_llama_cpp": ratio("ours", "llama.cpp", "decode_tok_s"),
+        "decode_ours_vs_native": ratio("ours", "onnxruntime-genai", "decode_tok_s"),
+        "decode_ours_on_llama_cpp_vs_llama_cpp": ratio("ours on llama.cpp", "llama.cpp", "decode_tok_s"),
+        "prefill_speedup_vs_llama_cpp": ratio("ours", "llama.cpp", "prefill_s", inverse=True),
+        "json_ours_vs_llama_cpp": ratio("ours", "llama.cpp", "json_tok_s"),
     }
-    agree = sum(int(a) == int(b) for a, b in zip(outputs["ours"], outputs["onnxruntime-genai"]))
-    agree_lc = sum(int(a) == int(b) for a, b in zip(outputs["ours on llama.cpp"], outputs["llama.cpp"]))
+
+    def agreement(a: str, b: str) -> int | None:
+        return sum(int(x) == int(y) for x, y in zip(outputs[a], outputs[b])) if a in outputs and b in outputs else None
+
+    agree, agree_lc = agreement("ours", "onnxruntime-genai"), agreement("ours on llama.cpp", "llama.cpp")
     print(f"{'engine':<20}{'decode tok/s':>13}{'prefill s':>11}{'json tok/s':>12}{'peak MB':>9}")
     for r in rows:
         print(f"{r['engine']:<20}{r['decode_tok_s']:>13}{r['prefill_s']:>11}{r.get('json_tok_s', '-'):>12}"
@@ -258,7 +277,7 @@ def main() -> None:
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
           f"ours = onnxruntime-genai on {agree} of {n} greedy tokens, ours on llama.cpp = llama.cpp on {agree_lc}")
     for name, toks in json_out.items():
-        print(f"json reply ({name}): {engines[0].model.tokenizer.decode(toks)!r}")
+        print(f"json reply ({name}): {_tokenizer().decode(toks)!r}")
     print(json.dumps({"folder": args.folder or "embedded", "new_tokens": n, "prompt_tokens": len(ids),
                       "prefill_tokens": len(long_ids), "repeats": args.repeats, "cores": os.cpu_count(),
                       "load_before": load_before[0], "load_after": os.getloadavg()[0], "rows": rows, "ratios": ratios,
