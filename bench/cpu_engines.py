@@ -1,6 +1,7 @@
 """The embedded model on the CPU: our loop vs onnxruntime-genai's native loop vs llama.cpp (issue #32).
 
     python bench/cpu_engines.py [--new-tokens 256] [--prompt-tokens 1000] [--repeats 5] [--folder ONNX]
+                                [--engines NAME ...] [--also ONNX ...]
 
 Same model (SmolLM2-135M-Instruct: our int4 ONNX conversion, llama.cpp the wheel's Q4_1 GGUF it
 was converted from), same token ids, greedy, every engine on all the machine's cores. Measured:
@@ -17,7 +18,9 @@ Engines alternate inside every repeat (A B C A B C) so machine noise hits all al
 reported with the load average before and after, since llama.cpp's threads collapse when other
 work holds the cores (compare quietly, or report both). Prints a table and one JSON line.
 llama.cpp comes from ``pip install llama-cpp-python`` (it compiles; not a dependency of slmflow).
-``--folder`` runs ours and onnxruntime-genai on another conversion of the model (say, int8).
+``--folder`` runs ours and onnxruntime-genai on another conversion of the model (say, int8);
+``--also`` adds our loop on further conversions as engines of their own (``ours on NAME``),
+alternated with the rest.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -212,6 +216,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", choices=sorted(ENGINES), default=sorted(ENGINES),
                         help="a subset (llama.cpp ran slower beside the ONNX engines in one process: report both)")
     parser.add_argument("--folder", help="an onnxruntime-genai folder for ours and its native loop")
+    parser.add_argument("--also", nargs="*", default=[], help="more ONNX folders, each run by our loop")
     parser.add_argument("--rss-child", choices=sorted(ENGINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     n = args.new_tokens
@@ -219,6 +224,11 @@ def main() -> None:
         return rss_child(args.rss_child, n, args.folder)
     load_before = os.getloadavg()
     engines = [make(args.folder) for name, make in ENGINES.items() if name in args.engines]
+    for folder in args.also:
+        extra = Ours(folder)
+        extra.name = f"ours on {Path(folder).name}"
+        extra.folder = folder
+        engines.append(extra)
     ids, json_ids = _prompt_ids(PROMPT), _prompt_ids(JSON_PROMPT)
     long_ids = _prompt_ids(FILLER * (args.prompt_tokens // 30 + 1))[: args.prompt_tokens]
     outputs = {e.name: e.generate(ids, n) for e in engines}  # also warms every engine up
@@ -248,7 +258,7 @@ def main() -> None:
             produced = len(json_out[e.name])
             row["json_tokens"] = produced
             row["json_tok_s"] = round((produced - 1) / (m["json_full"] - m["json_one"]), 1)
-        row.update(peak_rss(e.name, n, args.folder))
+        row.update(peak_rss("ours" if hasattr(e, "folder") else e.name, n, getattr(e, "folder", args.folder)))
         rows.append(row)
     by = {r["engine"]: r for r in rows}
 
@@ -270,9 +280,9 @@ def main() -> None:
         return sum(int(x) == int(y) for x, y in zip(outputs[a], outputs[b])) if a in outputs and b in outputs else None
 
     agree, agree_lc = agreement("ours", "onnxruntime-genai"), agreement("ours on llama.cpp", "llama.cpp")
-    print(f"{'engine':<20}{'decode tok/s':>13}{'prefill s':>11}{'json tok/s':>12}{'peak MB':>9}")
+    print(f"{'engine':<24}{'decode tok/s':>13}{'prefill s':>11}{'json tok/s':>12}{'peak MB':>9}")
     for r in rows:
-        print(f"{r['engine']:<20}{r['decode_tok_s']:>13}{r['prefill_s']:>11}{r.get('json_tok_s', '-'):>12}"
+        print(f"{r['engine']:<24}{r['decode_tok_s']:>13}{r['prefill_s']:>11}{r.get('json_tok_s', '-'):>12}"
               f"{r['peak_mb']:>9}")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
           f"ours = onnxruntime-genai on {agree} of {n} greedy tokens, ours on llama.cpp = llama.cpp on {agree_lc}")
