@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
@@ -70,8 +71,9 @@ class LlamaCppArena(SlotArena):
         params.n_batch = params.n_ubatch = BATCH_TOKENS
         params.n_seq_max = max_slots
         params.kv_unified = True  # sequences share cells: copying a slot copies no KV
-        # Flash attention off: on a 2-core CPU it decodes the embedded model at ~0.7x of the plain
-        # path (bench/cpu_engines.py, both settings); SLMFLOW_LLAMA_FLASH_ATTN=1 turns it on.
+        # Flash attention off (llama.cpp's auto turns it on for a CPU): on the 2-core machine here
+        # bench/cpu_engines.py measured llama.cpp at 104.5 tok/s with it and 147-171 without, in
+        # separate runs; SLMFLOW_LLAMA_FLASH_ATTN=1 turns it on.
         flash = os.environ.get("SLMFLOW_LLAMA_FLASH_ATTN") == "1"
         params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         threads = int(os.environ.get("SLMFLOW_LLAMA_THREADS", 0)) or (os.cpu_count() or 1)
@@ -86,8 +88,6 @@ class LlamaCppArena(SlotArena):
         self.bytes_per_token = 2 * lc.llama_model_n_layer(model) * lc.llama_model_n_head_kv(model) * head_size * 2
         self._batch = lc.llama_batch_init(BATCH_TOKENS, 0, 1)
         self.max_slots = max_slots
-        import threading
-
         self.lock = threading.RLock()
         self.slots: list[SlotState] = []
         self._buffers = []
