@@ -125,8 +125,8 @@ class BatchScheduler:
     def _alone(self, state, tokens: list[int]) -> bool:
         """Whether the caller may run its pass itself (in one step) instead of handing it to the
         thread: nothing else waits or holds a slot. A lone generation then pays no two thread
-        switches a token, which on a busy 2-core machine (the engine's own threads spinning) cost
-        ~1 ms a token; a second sequence arriving sends both back through the thread, batched."""
+        switches a token, slow to come on a 2-core machine whose cores the engine's own threads
+        keep busy; a second sequence arriving sends both back through the thread, batched."""
         return (len(tokens) <= PREFILL_CHUNK and not self._waiting and not self._driver_busy
                 and all(s is state for s in list(self.arena.slots)))
 
