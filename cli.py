@@ -134,7 +134,8 @@ def _print_stats(result) -> None:
     u, c = result.usage, result.cache
     err_console().print(
         f"[dim]{u.prompt_tokens} prompt tokens ({u.cached_tokens} from cache), {u.completion_tokens} generated, "
-        f"first token {u.time_to_first_token_s * 1000:.0f} ms, {u.decode_tokens_per_s:.1f} tok/s, "
+        f"first token {u.time_to_first_token_s * 1000:.0f} ms, {u.sampled_tokens_per_s:.1f} tok/s"
+        + (f" ({u.forced_tokens} forced)" if u.forced_tokens else "") + ", "
         f"finish: {result.finish_reason} | cache: {c.hits} hits, {c.misses} misses, "
         f"{c.tokens_reused} tokens reused, {c.tokens_prefilled} prefilled, "
         f"{c.states_held} states / {c.bytes_held / 2**20:.1f} MiB held ({c.policy})[/]",

@@ -141,6 +141,9 @@ class TraceEvent(BaseModel):
     node: str
     model: str = ""
     tokens: int = 0
+    #: Of ``tokens``, those the constraint forced (jump-forward) rather than the model chose.
+    forced: int = 0
+    #: The decode rate over the tokens the model chose (Usage.sampled_tokens_per_s).
     tokens_per_s: float = 0.0
     ms: float = 0.0
     note: str = ""
@@ -172,7 +175,8 @@ def _event(node: str, model: Model | None, started: float, usage: Usage | None =
            note: str = "") -> dict:
     return TraceEvent(node=node, model=str(model.spec) if model else "",
                       tokens=usage.completion_tokens if usage else tokens,
-                      tokens_per_s=round(usage.decode_tokens_per_s, 1) if usage else 0.0,
+                      forced=usage.forced_tokens if usage else 0,
+                      tokens_per_s=round(usage.sampled_tokens_per_s, 1) if usage else 0.0,
                       ms=round((time.perf_counter() - started) * 1000, 1), note=note).model_dump()
 
 

@@ -97,8 +97,9 @@ def _print_update(console: Console, node: str, update: Any) -> None:
         if event.get("model"):
             parts.append(event["model"])
         if event.get("tokens"):
-            parts.append(f"{event['tokens']} tokens" + (f" at {event['tokens_per_s']:.0f} tok/s"
-                                                         if event.get("tokens_per_s") else ""))
+            forced = f" ({event['forced']} forced)" if event.get("forced") else ""
+            parts.append(f"{event['tokens']} tokens{forced}" + (f" at {event['tokens_per_s']:.0f} tok/s"
+                                                                 if event.get("tokens_per_s") else ""))
         parts.append(f"{event['ms']:.0f} ms")
         if event.get("note"):
             parts.append(event["note"])

@@ -58,6 +58,16 @@ class Usage(BaseModel):
                    decode_tokens_per_s=(completion_tokens - 1) / decode
                    if completion_tokens > 1 and decode > 0 else 0.0, **counts)
 
+    @property
+    def sampled_tokens_per_s(self) -> float:
+        """The decode rate over the tokens the model chose, forced ones (jump-forward: appended
+        by the constraint, many per pass) left out: a reply the constraint mostly copies shows
+        its model's speed here, not the thousands of tokens a second ``decode_tokens_per_s``
+        counts for it. 0.0 when fewer than two tokens were chosen."""
+        chosen = self.completion_tokens - self.forced_tokens - 1
+        decode = self.total_s - self.time_to_first_token_s
+        return chosen / decode if chosen > 0 and decode > 0 else 0.0
+
     @classmethod
     def combined(cls, usages: Seq[Usage]) -> Usage:
         """The usage of several generations taken as one (an agent's steps): counts and times add

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from slmflow.runtime.constraints import Grammar, Regex
 from slmflow.runtime.stopping import LoopDetector, StopStringMatcher
 
@@ -143,6 +144,26 @@ def test_combined_usage_adds_counts_and_rates_decoding_over_all_steps():
     both = Usage.combined([a, b])
     assert (both.prompt_tokens, both.completion_tokens, both.total_s) == (30, 32, 2.6)
     assert both.decode_tokens_per_s == 30 / 2.0  # 10 + 20 decoded tokens over 1.0 + 1.0 s of decoding
+
+
+def test_sampled_rate_leaves_forced_tokens_out(onnx_model):
+    """A reply the constraint mostly forces: the sampled rate counts only what the model chose, so
+    a trace never shows tens of thousands of tokens a second for a copied quote."""
+    from slmflow.runtime.constraints import JsonSchema
+    from slmflow.runtime.loop import Usage
+
+    made = Usage(prompt_tokens=5, completion_tokens=34, forced_tokens=30, time_to_first_token_s=0.1,
+                 decode_tokens_per_s=3300.0, total_s=0.11)
+    assert made.sampled_tokens_per_s == pytest.approx(3 / 0.01)
+    assert Usage(prompt_tokens=5, completion_tokens=31, forced_tokens=30, time_to_first_token_s=0.1,
+                 decode_tokens_per_s=3000.0, total_s=0.11).sampled_tokens_per_s == 0.0
+    schema = {"type": "object", "properties": {"customer_shipping_destination_city": {"type": "string", "maxLength": 8}},
+              "required": ["customer_shipping_destination_city"], "additionalProperties": False}
+    usage = onnx_model.generate("Ship to Oslo. JSON.", constraint=JsonSchema(schema), max_tokens=40).result().usage
+    assert usage.forced_tokens > 0
+    chosen = usage.completion_tokens - usage.forced_tokens - 1
+    assert usage.sampled_tokens_per_s == pytest.approx(chosen / (usage.total_s - usage.time_to_first_token_s))
+    assert usage.sampled_tokens_per_s < usage.decode_tokens_per_s
 
 
 def test_a_long_sentence_said_over_and_over_ends_within_200_tokens():
