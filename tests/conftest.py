@@ -26,7 +26,7 @@ PROMPTS = [
 # slow tier; `python -m pytest -m "not slow"` is the fast tier a developer runs while working
 # (README's test command and CI run both). Tests that load models some other way carry the mark.
 SLOW_FIXTURES = {"onnx_model", "hf_model", "chroma_url", "tiny_phi3_hf", "tiny_phi3_dirs", "tiny_llava",
-                 "tiny_phimoe", "tiny_phimoe_onnx", "tiny_phi3v_onnx", "phimoe_spec", "llama_model",
+                 "tiny_phimoe", "tiny_phimoe_onnx", "tiny_phi3v_onnx", "phimoe_spec", "llama_model", "llama_cpp_model",
                  "llama_server", "ollama_model", "served_openai", "serve_url", "server", "client", "real_logits"}
 
 

@@ -15,7 +15,7 @@ PROMPT = "Write a long story about a dragon who learns to paint."
 
 
 @pytest.fixture(scope="module")
-def llama_model():
+def llama_cpp_model():
     return load_model("embedded:llamacpp")
 
 
@@ -38,19 +38,19 @@ def native_greedy(ids: list[int], n: int) -> list[int]:
     return out
 
 
-def test_our_greedy_loop_on_llama_cpp_equals_llama_cpps_own(llama_model):
-    ids = llama_model.prompt_ids(PROMPT)
-    ours = llama_model.generate(ids, max_tokens=48, stop_on_loops=False).result().token_ids
+def test_our_greedy_loop_on_llama_cpp_equals_llama_cpps_own(llama_cpp_model):
+    ids = llama_cpp_model.prompt_ids(PROMPT)
+    ours = llama_cpp_model.generate(ids, max_tokens=48, stop_on_loops=False).result().token_ids
     assert ours == native_greedy(ids, 48)
 
 
-def test_prefix_reuse_and_snapshots_keep_outputs(llama_model):
-    first = llama_model.generate("Name three fruits.", max_tokens=24).result()
-    reused_before = llama_model.cache.stats.tokens_reused
-    again = llama_model.generate("Name three fruits.", max_tokens=24).result()
+def test_prefix_reuse_and_snapshots_keep_outputs(llama_cpp_model):
+    first = llama_cpp_model.generate("Name three fruits.", max_tokens=24).result()
+    reused_before = llama_cpp_model.cache.stats.tokens_reused
+    again = llama_cpp_model.generate("Name three fruits.", max_tokens=24).result()
     assert again.token_ids == first.token_ids
-    assert llama_model.cache.stats.tokens_reused > reused_before
-    session = llama_model.session()
+    assert llama_cpp_model.cache.stats.tokens_reused > reused_before
+    session = llama_cpp_model.session()
     session.generate("Tell me a joke.", max_tokens=8).text()
     snap = session.snapshot()
     after = session.generate(max_tokens=8).text()
@@ -58,10 +58,10 @@ def test_prefix_reuse_and_snapshots_keep_outputs(llama_model):
     assert session.generate(max_tokens=8).text() == after
 
 
-def test_json_schema_through_our_masks(llama_model):
+def test_json_schema_through_our_masks(llama_cpp_model):
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
               "required": ["name", "age"], "additionalProperties": False}
-    result = llama_model.generate("A JSON person, please.", max_tokens=40, constraint=JsonSchema(schema)).result()
+    result = llama_cpp_model.generate("A JSON person, please.", max_tokens=40, constraint=JsonSchema(schema)).result()
     assert set(json.loads(result.text)) == {"name", "age"}
     assert result.usage.forced_tokens > 0
 
