@@ -69,6 +69,7 @@ class Ours:
     def __init__(self, folder: str | None) -> None:
         from slmflow.runtime import load_model
 
+        self.folder = folder
         self.model = load_model(f"onnx:{folder}" if folder and self.spec == "embedded" else self.spec)
         self.model.cache.enabled = False  # every run prefills: no engine reuses a prompt here
 
@@ -226,8 +227,7 @@ def main() -> None:
     engines = [make(args.folder) for name, make in ENGINES.items() if name in args.engines]
     for folder in args.also:
         extra = Ours(folder)
-        extra.name = f"ours on {Path(folder).name}"
-        extra.folder = folder
+        extra.name = f"ours on {Path(folder).name}"  # the class keeps "ours" for its RSS child
         engines.append(extra)
     ids, json_ids = _prompt_ids(PROMPT), _prompt_ids(JSON_PROMPT)
     long_ids = _prompt_ids(FILLER * (args.prompt_tokens // 30 + 1))[: args.prompt_tokens]
@@ -258,7 +258,7 @@ def main() -> None:
             produced = len(json_out[e.name])
             row["json_tokens"] = produced
             row["json_tok_s"] = round((produced - 1) / (m["json_full"] - m["json_one"]), 1)
-        row.update(peak_rss("ours" if hasattr(e, "folder") else e.name, n, getattr(e, "folder", args.folder)))
+        row.update(peak_rss(type(e).name, n, getattr(e, "folder", args.folder)))
         rows.append(row)
     by = {r["engine"]: r for r in rows}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
@@ -87,10 +86,10 @@ class LlamaCppArena(SlotArena):
         # K and V, f16 (llama.cpp's default cache type), every layer's KV heads
         self.bytes_per_token = 2 * lc.llama_model_n_layer(model) * lc.llama_model_n_head_kv(model) * head_size * 2
         self._batch = lc.llama_batch_init(BATCH_TOKENS, 0, 1)
-        self.max_slots = max_slots
-        self.lock = threading.RLock()
-        self.slots: list[SlotState] = []
-        self._buffers = []
+        super().__init__(max_slots, self.context_length)
+
+    def _allocate(self, slots: int, room: int) -> list:
+        return []  # no buffers of ours: the KV is llama.cpp's
 
     def __del__(self) -> None:
         batch = getattr(self, "_batch", None)
@@ -177,7 +176,7 @@ class LlamaCppArena(SlotArena):
             for j, (r, _, wants) in enumerate(pending):
                 if wants:
                     outputs[r].append(self._logits(j))
-        for (state, tokens, _), _ in zip(rows, outputs):
+        for state, tokens, _ in rows:
             state.length += len(tokens)
         decoded = np.stack([out[-1] for out in outputs[: len(decodes)]]) if decodes else None
         chunk_logits = [np.stack(out) if every else out[-1]
