@@ -9,7 +9,7 @@
   probability threshold (``YES_THRESHOLD``) that maximises the mean of accuracy and balanced
   accuracy on the fit half.
 
-The constants are then written into the code by hand; ``agents eval docs-qa-wikiqa --split report``
+The constants are then written into the code by hand; ``agents eval docs-qa-wikiqa --half report``
 reports them on the other half. Features are cached in ``--cache`` (one JSON line per question).
 
     python bench/fit_docs_qa.py [--cache evals-out/fit-features.jsonl]
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("evals-out/fit-features.jsonl"))
     parser.add_argument("--answerable-abstain", type=float, default=0.08)
     args = parser.parse_args()
-    suite = WikiQASuite(split="fit")
+    suite = WikiQASuite(half="fit")
     rows = [item.data for item in suite.items(None)]
     done = {}
     if args.cache.exists():

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=40)
     parser.add_argument("--model", default="embedded:transformers")
     args = parser.parse_args()
-    suite = WikiQASuite(split="fit")
+    suite = WikiQASuite(half="fit")
     model = load_model(args.model)
     qa = DocsQA(suite.data / "corpus", model, include=WIKIQA_FILES, k=ANSWER_CHUNKS)
     qa.update_index(progress=False)

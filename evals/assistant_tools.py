@@ -137,6 +137,10 @@ class AssistantToolsSuite:
         return [EvalItem(id=f"{category}_{n}", category=category, data=row)
                 for category, rows in groups.items() for n, row in enumerate(rows[:limit])]
 
+    def baselines(self, items: list[EvalItem]) -> dict[str, dict[str, list[float]]]:
+        """Always calling the calculator (the most common need here) as the first tool."""
+        return {"always the calculator": {"right_tool": [float(i.data["tool"] == "calculator") for i in items]}}
+
     def agent(self, model):
         if self._agent is None:
             from slmflow.agents import Agent, AgentLimits

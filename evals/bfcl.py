@@ -209,17 +209,44 @@ class BfclSuite:
             output, tokens = result.text, result.usage.completion_tokens
             calls = parse_plain_calls(output) or []
         latency = time.perf_counter() - start
-        valid = [self._valid(call, specs) for call in calls]
         if item.category == "irrelevance":
             passed = not calls
         else:
             passed = calls_match(calls, q.function, answers)
         metrics = {"calls_emitted": float(len(calls))}
-        if calls:
-            metrics["call_validity"] = sum(valid) / len(valid)
+        if item.category != "irrelevance":  # no call where one was due is an invalid call, not a skipped item
+            metrics["valid_call"] = sum(self._valid(c, specs) for c in calls) / len(calls) if calls else 0.0
         return ItemResult(id=item.id, category=item.category, mode=mode, passed=passed, metrics=metrics,
                           latency_s=latency, tokens=tokens, output=output,
                           detail=json.dumps({"calls": calls, "answers": answers}, default=str)[:4000])
+
+    def data_files(self) -> list[Path]:
+        return [self.data / f"BFCL_v4_{cat}.json" for cat in self.categories] + [
+            p for cat in self.categories if (p := self.data / "possible_answer" / f"BFCL_v4_{cat}.json").exists()]
+
+    def settings(self) -> dict:
+        return {"categories": self.categories, "max_tokens": self.max_tokens}
+
+    def baselines(self, items: list[EvalItem]) -> dict[str, dict[str, list[float]]]:
+        """Never calling: right on every irrelevance item, wrong on every other."""
+        by_cat = {c: [float(c == "irrelevance") for i in items if i.category == c]
+                  for c in sorted({i.category for i in items})}
+        relevant = [0.0 for i in items if i.category != "irrelevance"]
+        return {"no call": {"accuracy/all": [float(i.category == "irrelevance") for i in items],
+                            **{f"accuracy/{c}": v for c, v in by_cat.items()}, "valid_call": relevant}}
+
+    @staticmethod
+    def unfailable(mode: str, results: list[ItemResult]) -> dict[str, str]:
+        """Irrelevance passes whenever no call is made, so it says nothing for a mode that makes no
+        call anywhere (plain prompting whose output never parses); with tool_choice="required" a call
+        is always made, so it fails by construction."""
+        if mode == "constrained_required":
+            return {"accuracy/irrelevance": "tool_choice=required always calls: it fails by construction"}
+        relevant = [r for r in results if r.category != "irrelevance"]
+        if relevant and not any(r.metrics.get("calls_emitted") for r in relevant):
+            return {"accuracy/irrelevance": f"no call was made on any of the {len(relevant)} relevant items, "
+                                            "so passing by making none says nothing"}
+        return {}
 
     @staticmethod
     def _valid(call: dict, specs: list[ToolSpec]) -> bool:

@@ -16,16 +16,19 @@ import json
 import math
 import re
 import string
+import threading
 import time
 from pathlib import Path
 from typing import Literal
 
-from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data
+from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data, pick_split
 from slmflow.runtime.embedded import cache_root
 from slmflow.tools.rag.index import DocumentIndex
 from slmflow.tools.rag.retrieval import Retriever
 
 WIKIQA_FILES = ["*.txt.clean"]
+#: The question files, one per split (qa_dev.jsonl here; the held-out half has its own).
+WIKIQA_QUESTIONS = "qa_*.jsonl"
 #: Chunks the answering step ranks sentences in.
 ANSWER_CHUNKS = 5
 
@@ -63,10 +66,14 @@ def _strip_citations(text: str) -> str:
     return re.sub(r"\s*\[\d+\]", "", text).strip()
 
 
-Split = Literal["all", "fit", "report"]
+Half = Literal["all", "fit", "report"]
 
 
-def wikiqa_split(row: dict) -> str:
+def wikiqa_questions(folder: Path, split: str) -> Path:
+    return Path(folder) / WIKIQA_QUESTIONS.replace("*", split)
+
+
+def wikiqa_half(row: dict) -> str:
     """``fit`` or ``report``: the half of the dev questions a row belongs to, by its article (all
     revisions of one article fall in one half). Constants of the docs-qa method are fitted on
     ``fit`` (bench/fit_docs_qa.py) and reported on ``report``."""
@@ -84,36 +91,73 @@ class WikiQASuite:
     """Modes: ``retrieval`` (recall@k of the gold article); ``answer`` (the grounded docs-qa
     answer); ``answer-model`` (the same, the model picking the wh-answer's piece);
     ``answer-free`` (wave 1's free cited sentence, to compare in the same run); ``abstain`` (the same questions with every gold article left out of retrieval: the right
-    answer is the not-found one)."""
+    answer is the not-found one).
+
+    ``split`` picks the question file (``qa_SPLIT.jsonl``: dev here); ``half`` the half of its
+    questions (:func:`wikiqa_half`). Baselines: always "yes" on the polar questions, always
+    abstaining, and BM25 alone for recall@k."""
 
     name = "docs-qa-wikiqa"
     modes = ["retrieval", "answer"]
     extra_modes = ["answer-model", "answer-free", "abstain"]
 
-    def __init__(self, data: Path | None = None, k: int = 10, split: Split = "all") -> None:
-        self.data = find_shared_data("wikiqa", "qa_dev.jsonl", data)
+    def __init__(self, data: Path | None = None, k: int = 10, split: str | None = None, half: Half = "all") -> None:
+        self.data = find_shared_data("wikiqa", "corpus", data)
         self.k = k
-        self.split = split
+        self.split = pick_split(self.data, WIKIQA_QUESTIONS, split)
+        self.half = half
         self._qa = None
+        self._lock = threading.Lock()
+
+    def data_files(self) -> list[Path]:
+        return [wikiqa_questions(self.data, self.split)]
+
+    def settings(self) -> dict:
+        return {"split": self.split, "half": self.half, "k": self.k}
 
     def items(self, limit: int | None) -> list[EvalItem]:
         by_kind: dict[str, list[EvalItem]] = {"yes_no": [], "open": []}
-        with (self.data / "qa_dev.jsonl").open(encoding="utf-8") as f:
+        with wikiqa_questions(self.data, self.split).open(encoding="utf-8") as f:
             for row in map(json.loads, f):
-                if self.split != "all" and wikiqa_split(row) != self.split:
+                if self.half != "all" and wikiqa_half(row) != self.half:
                     continue
                 kind = "yes_no" if row["is_yes_no"] else "open"
                 by_kind[kind].append(EvalItem(id=row["id"], category=kind, data=row))
         return [item for items in by_kind.values() for item in items[:limit]]
 
-    def qa(self, model):
-        """The docs-qa agent over the corpus, indexed on first use (incrementally)."""
-        if self._qa is None:
-            from slmflow.agents.docs_qa import DocsQA
+    def prepare(self, model, modes: list[str], on_progress=None) -> None:
+        """The corpus indexed before any item is timed, with its progress shown."""
+        self.qa(model, on_progress)
 
-            self._qa = DocsQA(self.data / "corpus", model, include=WIKIQA_FILES, k=ANSWER_CHUNKS)
-            self._qa.update_index()
+    def qa(self, model, on_progress=None):
+        """The docs-qa agent over the corpus, indexed on first use (incrementally); the lock keeps
+        concurrent items from building it twice."""
+        with self._lock:
+            if self._qa is None:
+                from slmflow.agents.docs_qa import DocsQA
+
+                qa = DocsQA(self.data / "corpus", model, include=WIKIQA_FILES, k=ANSWER_CHUNKS)
+                qa.update_index(on_progress=on_progress)
+                self._qa = qa
         return self._qa
+
+    def baselines(self, items: list[EvalItem]) -> dict[str, dict[str, list[float]]]:
+        """Always "yes" on the polar questions; always abstaining (the not-found answer); BM25
+        alone for recall@k once the index is built."""
+        polar = [i for i in items if i.category == "yes_no"]
+        yes = [float(said_yes_no(i.data["answers"][0]) == "yes") for i in polar]
+        out = {"always yes": {"yes_no_accuracy": yes, "accuracy/yes_no": yes},
+               "always abstain": {"abstained": [1.0] * len(items), "exact_match": [0.0] * (len(items) - len(polar)),
+                                  "accuracy/all": [0.0] * len(items)}}
+        if self._qa is not None:
+            recalls: dict[str, list[float]] = collections.defaultdict(list)
+            for item in items:
+                docs = [_doc_id(h.chunk.path) for h in self._qa.retriever.search(item.data["question"], k=self.k,
+                                                                                 mode="bm25")]
+                for n in (1, 5, 10):
+                    recalls[f"recall@{n}"].append(float(bool(set(item.data["gold_doc_ids"]) & set(docs[:n]))))
+            out["bm25 alone"] = dict(recalls)
+        return out
 
     def gold_paths(self, row: dict) -> list[str]:
         """The indexed paths of a row's gold articles (every revision), for leaving them out."""
@@ -201,28 +245,42 @@ def ndcg_at(ranked: list[str], relevant: set[str], k: int = 10) -> float:
 
 
 class SciFactSuite:
-    """BEIR SciFact train claims against the 5,183 abstracts; one mode per retriever."""
+    """BEIR SciFact claims of one split (``qrels/SPLIT.tsv``: train here) against the 5,183
+    abstracts; one mode per retriever, BM25 alone among them as the baseline the others must
+    beat. Each item's category is its split."""
 
     name = "retrieval-scifact"
     modes = ["hybrid", "dense", "bm25"]
 
-    def __init__(self, data: Path | None = None) -> None:
+    def __init__(self, data: Path | None = None, split: str | None = None) -> None:
         self.data = find_shared_data("scifact", "corpus.jsonl", data)
+        self.split = pick_split(self.data / "qrels", "*.tsv", split)
         self._retriever: Retriever | None = None
+
+    def queries_file(self) -> Path:
+        """queries_SPLIT.jsonl where the data has one, else BEIR's queries.jsonl."""
+        own = self.data / f"queries_{self.split}.jsonl"
+        return own if own.exists() else self.data / "queries.jsonl"
+
+    def data_files(self) -> list[Path]:
+        return [self.data / "qrels" / f"{self.split}.tsv", self.queries_file(), self.data / "corpus.jsonl"]
+
+    def settings(self) -> dict:
+        return {"split": self.split}
 
     def items(self, limit: int | None) -> list[EvalItem]:
         qrels: dict[str, set[str]] = collections.defaultdict(set)
-        with (self.data / "qrels" / "train.tsv").open(encoding="utf-8") as f:
+        with (self.data / "qrels" / f"{self.split}.tsv").open(encoding="utf-8") as f:
             next(f)
             for line in f:
                 qid, doc, score = line.split("\t")
                 if int(score) > 0:
                     qrels[qid].add(doc)
         items = []
-        with (self.data / "queries_train.jsonl").open(encoding="utf-8") as f:
+        with self.queries_file().open(encoding="utf-8") as f:
             for row in map(json.loads, f):
                 if row["_id"] in qrels:
-                    items.append(EvalItem(id=row["_id"], category="train",
+                    items.append(EvalItem(id=row["_id"], category=self.split,
                                           data={"query": row["text"], "relevant": sorted(qrels[row["_id"]])}))
         return items[:limit]
 

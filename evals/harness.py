@@ -2,12 +2,15 @@
 ``results.json`` and a self-contained ``report.html``, and compare two runs.
 
 A suite is any object with ``name``, ``modes``, ``items(limit)`` and ``run(item, mode, model)``;
-metrics are plain values in each ItemResult, so the harness is tied to no one suite.
+metrics are plain values in each ItemResult, so the harness is tied to no one suite. Every
+summary value comes with its count and 95% interval (:mod:`slmflow.evals.stats`), beside the
+suite's trivial baselines on the same items, and a metric a mode cannot fail is withheld for it.
 """
 
 from __future__ import annotations
 
-import html
+import hashlib
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,14 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
+from slmflow.evals.stats import Estimate, estimate
 from slmflow.runtime.errors import SlmflowError
 from slmflow.runtime.registry import concurrency_of
 
@@ -32,10 +37,29 @@ def find_shared_data(name: str, marker: str, data: Path | None = None) -> Path:
     ``marker`` is a file the folder must hold."""
     places = [Path(data)] if data is not None else [Path.cwd() / p / name for p in ("shared/data", "../shared/data")]
     for candidate in places:
-        if (candidate / marker).is_file():
+        if (candidate / marker).exists():
             return candidate.resolve()
     raise SlmflowError(f"no {name} data ({marker}) in {', '.join(str(c) for c in places)}",
                        f"pass --data PATH to the folder that holds {marker}")
+
+
+def data_splits(folder: Path, pattern: str) -> list[str]:
+    """Split names as the data's file names give them: ``qa_*.jsonl`` over a folder holding
+    qa_dev.jsonl and qa_test.jsonl → ``["dev", "test"]``."""
+    prefix, suffix = pattern.split("*")
+    return sorted(p.name[len(prefix):len(p.name) - len(suffix)] for p in Path(folder).glob(pattern))
+
+
+def pick_split(folder: Path, pattern: str, split: str | None) -> str:
+    """``split`` if the data has it, else an error naming the ones it has; None picks ``dev``
+    where there is one, else the only split."""
+    names = data_splits(folder, pattern)
+    if split is None and ("dev" in names or len(names) == 1):
+        return "dev" if "dev" in names else names[0]
+    if split not in names:
+        raise SlmflowError(f"no split {split!r} in {folder} (split files are {pattern})",
+                           f"pass --split with one of: {', '.join(names) or 'none found'}")
+    return split
 
 
 class EvalItem(BaseModel):
@@ -54,11 +78,22 @@ class ItemResult(BaseModel):
     tokens: int
     output: str
     detail: str = ""
+    #: Names of the checks this item failed (scenario files; a suite item fails as a whole).
+    failed_checks: list[str] = []
+    #: The output came from the output cache: its latency is the first run's.
+    cached: bool = False
 
 
 class Suite(Protocol):
-    """A suite may also define ``prepare(model, modes, on_progress)``: work every item shares (an
-    index to build), run before the first item with its progress shown, and timed in no item."""
+    """A suite may also define:
+
+    * ``prepare(model, modes, on_progress)``: work every item shares (an index to build), run
+      before the first item with its progress shown, and timed in no item;
+    * ``baselines(items) -> {name: {metric: [per-item values]}}``: trivial methods (majority
+      class, always-yes, no call, BM25) scored on the same items, shown beside every mode;
+    * ``unfailable(mode, results) -> {metric: why}``: metrics this mode cannot fail, withheld;
+    * ``data_files() -> [Path]``: the files its items come from, hashed into results.json;
+    * ``settings() -> dict``: what else decides its items (split, seed), recorded likewise."""
 
     name: str
     modes: list[str]  # run by default; a suite may also list ``extra_modes`` that run only when named
@@ -75,29 +110,47 @@ class EvalRun(BaseModel):
     items: list[ItemResult]
     #: Items run at once: latencies of a run with more are not comparable with one item alone's.
     concurrency: int = 1
+    #: Per mode, each metric's count and 95% interval.
+    intervals: dict[str, dict[str, Estimate]] = {}
+    #: Per trivial baseline, its metrics on the same items.
+    baselines: dict[str, dict[str, Estimate]] = {}
+    #: Per mode, the metrics it cannot fail and why: not in its summary.
+    withheld: dict[str, dict[str, str]] = {}
+    #: sha256 of every data file the items came from, so a comparison knows if two runs saw the same.
+    data_files: dict[str, str] = {}
+    #: What else chose the items (split, seed, limit).
+    settings: dict[str, Any] = {}
 
 
 #: Items run at once unless the caller says otherwise; capped by what the model runs at once.
 DEFAULT_CONCURRENCY = 4
 
 
+def _by_mode(results: list[ItemResult]) -> dict[str, list[ItemResult]]:
+    by_mode: dict[str, list[ItemResult]] = defaultdict(list)
+    for r in results:
+        by_mode[r.mode].append(r)
+    return by_mode
+
+
+def _metric_values(rs: list[ItemResult]) -> dict[str, list[float]]:
+    """Every per-item value a summary averages: pass rate per category and overall, each metric."""
+    values: dict[str, list[float]] = {}
+    for cat in sorted({r.category for r in rs}):
+        values[f"accuracy/{cat}"] = [float(r.passed) for r in rs if r.category == cat]
+    values["accuracy/all"] = [float(r.passed) for r in rs]
+    for key in sorted({k for r in rs for k in r.metrics}):
+        values[key] = [r.metrics[key] for r in rs if key in r.metrics]
+    return values
+
+
 def summarise(results: list[ItemResult],
               derived: Callable[[dict[str, float]], dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
     """Per mode: accuracy per category, overall, mean of each metric, latency p50/p95, and what
     ``derived`` (a suite's own) computes from those means."""
-    by_mode: dict[str, list[ItemResult]] = defaultdict(list)
-    for r in results:
-        by_mode[r.mode].append(r)
     summary = {}
-    for mode, rs in by_mode.items():
-        row: dict[str, float] = {}
-        for cat in sorted({r.category for r in rs}):
-            cat_rs = [r for r in rs if r.category == cat]
-            row[f"accuracy/{cat}"] = sum(r.passed for r in cat_rs) / len(cat_rs)
-        row["accuracy/all"] = sum(r.passed for r in rs) / len(rs)
-        for key in sorted({k for r in rs for k in r.metrics}):
-            values = [r.metrics[key] for r in rs if key in r.metrics]
-            row[key] = sum(values) / len(values)
+    for mode, rs in _by_mode(results).items():
+        row = {key: statistics.fmean(values) for key, values in _metric_values(rs).items()}
         latencies = sorted(r.latency_s for r in rs)
         row["latency_p50_s"] = statistics.median(latencies)
         row["latency_p95_s"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
@@ -105,6 +158,37 @@ def summarise(results: list[ItemResult],
         row.update(derived(row) if derived else {})
         summary[mode] = {k: round(v, 4) for k, v in row.items()}
     return summary
+
+
+def intervals_of(results: list[ItemResult]) -> dict[str, dict[str, Estimate]]:
+    """Per mode, each averaged metric's estimate (Wilson for rates, bootstrap otherwise)."""
+    return {mode: {key: estimate(values) for key, values in _metric_values(rs).items()}
+            for mode, rs in _by_mode(results).items()}
+
+
+def file_hashes(paths: list[Path]) -> dict[str, str]:
+    """``{file name: sha256}``; names relative to the files' common folder, so two checkouts of one
+    data set hash alike."""
+    paths = [Path(p).resolve() for p in paths]
+    if not paths:
+        return {}
+    root = Path(os.path.commonpath(paths)) if len(set(paths)) > 1 else paths[0].parent
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(paths)}
+
+
+def withhold(summary: dict[str, dict[str, float]], intervals: dict[str, dict[str, Estimate]],
+             withheld: dict[str, dict[str, str]]) -> None:
+    """Drop each mode's unfailable metrics from its summary and intervals (in place)."""
+    for mode, metrics in withheld.items():
+        for key in metrics:
+            summary.get(mode, {}).pop(key, None)
+            intervals.get(mode, {}).pop(key, None)
+
+
+def eval_progress() -> Progress:
+    """The bar every eval shows: what runs, done of total, elapsed and the time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn())
 
 
 def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
@@ -120,6 +204,8 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
         raise SlmflowError(f"suite {suite.name} has no mode {', '.join(unknown)}", f"choose from {known}")
     modes = modes or suite.modes
     items = suite.items(limit)
+    if not items:
+        raise SlmflowError(f"suite {suite.name} has no items for these settings", "check --split and --limit")
     prepare = getattr(suite, "prepare", None)
     if prepare is not None:  # set-up (indexing a corpus, say) is shown, and kept out of every item's latency
         from slmflow.progress_bars import index_progress_bar
@@ -137,8 +223,7 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
                               metrics={"errors": 1.0}, latency_s=0.0, tokens=0, output=f"error: {err}")
 
     jobs = [(mode, item) for mode in modes for item in items]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar, \
-            ThreadPoolExecutor(workers, thread_name_prefix="eval") as pool:
+    with eval_progress() as bar, ThreadPoolExecutor(workers, thread_name_prefix="eval") as pool:
         task = bar.add_task(f"{suite.name}", total=len(jobs))
         running = [pool.submit(one, job) for job in jobs]
         results = []
@@ -146,72 +231,111 @@ def run_suite(suite: Suite, model, out_dir: Path, limit: int | None = None,
             bar.update(task, description=f"{suite.name} [{mode}] {item.id}")
             results.append(future.result())
             bar.advance(task)
-    summary = summarise(results, getattr(suite, "derived", None))
-    run = EvalRun(suite=suite.name, model=str(model.spec), summary=summary, items=results, concurrency=workers)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(run.model_dump_json(indent=2), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(run), encoding="utf-8")
+    run = score_run(suite, str(model.spec), items, results, workers, limit)
+    write_run(run, out_dir)
     return run
 
 
-def _svg_scatter(results: list[ItemResult]) -> str:
-    """Latency (x) against generated tokens (y), one colour per mode: no external assets."""
-    if not results:
-        return ""
-    w, h, pad = 640, 320, 40
-    max_x = max(r.latency_s for r in results) or 1
-    max_y = max(r.tokens for r in results) or 1
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    modes = sorted({r.mode for r in results})
-    dots = []
-    for r in results:
-        x = pad + (w - 2 * pad) * r.latency_s / max_x
-        y = h - pad - (h - 2 * pad) * r.tokens / max_y
-        c = colours[modes.index(r.mode) % len(colours)]
-        dots.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{c}"><title>{html.escape(r.id)} '
-                    f'{r.mode}: {r.latency_s:.2f} s, {r.tokens} tokens</title></circle>')
-    legend = "".join(f'<text x="{pad + 120 * i}" y="16" fill="{colours[i % len(colours)]}">{html.escape(m)}</text>'
-                     for i, m in enumerate(modes))
-    return (f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">'
-            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>'
-            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#888"/>'
-            f'<text x="{w / 2}" y="{h - 8}">latency (s), max {max_x:.2f}</text>'
-            f'<text x="4" y="{pad - 8}">tokens, max {max_y}</text>{legend}{"".join(dots)}</svg>')
+def score_run(suite: Suite, model: str, items: list[EvalItem], results: list[ItemResult], concurrency: int,
+              limit: int | None) -> EvalRun:
+    """Results → an EvalRun: summary, intervals, baselines, withheld metrics, data hashes, settings."""
+    summary = summarise(results, getattr(suite, "derived", None))
+    intervals = intervals_of(results)
+    unfailable = getattr(suite, "unfailable", None)
+    withheld = {}
+    if unfailable is not None:
+        withheld = {mode: why for mode, rs in _by_mode(results).items() if (why := unfailable(mode, rs))}
+    withhold(summary, intervals, withheld)
+    for mode, metrics in withheld.items():  # an unfailable category counts in no overall rate either
+        skipped = {k.removeprefix("accuracy/") for k in metrics if k.startswith("accuracy/") and k != "accuracy/all"}
+        kept = [float(r.passed) for r in results if r.mode == mode and r.category not in skipped]
+        if skipped and kept:
+            intervals[mode]["accuracy/all"] = estimate(kept)
+            summary[mode]["accuracy/all"] = round(statistics.fmean(kept), 4)
+            for key in metrics:
+                metrics[key] += " (left out of accuracy/all too)" if key != "accuracy/all" else ""
+    baselines_of = getattr(suite, "baselines", None)
+    baselines = {name: {key: estimate(values) for key, values in metrics.items() if values}
+                 for name, metrics in (baselines_of(items) if baselines_of else {}).items()}
+    data_files = getattr(suite, "data_files", None)
+    settings = {"limit": limit, **(suite.settings() if hasattr(suite, "settings") else {})}
+    return EvalRun(suite=suite.name, model=model, summary=summary, items=results, concurrency=concurrency,
+                   intervals=intervals, baselines=baselines, withheld=withheld,
+                   data_files=file_hashes(data_files()) if data_files else {}, settings=settings)
 
 
-def render_html(run: EvalRun) -> str:
-    at_once = (f", {run.concurrency} at once (each latency includes the others' share of the model)"
-               if run.concurrency > 1 else ", one at a time")
-    metrics = sorted({k for row in run.summary.values() for k in row})
-    modes = list(run.summary)
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in modes)
-    rows = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(
-        f"<td>{run.summary[m].get(k, '')}</td>" for m in modes) + "</tr>" for k in metrics)
-    items = "".join(
-        f'<tr class="{"pass" if r.passed else "fail"}"><td>{html.escape(r.id)}</td><td>{html.escape(r.category)}</td>'
-        f"<td>{html.escape(r.mode)}</td><td>{'pass' if r.passed else 'FAIL'}</td><td>{r.latency_s:.2f}</td>"
-        f"<td>{r.tokens}</td><td><details><summary>output</summary><pre>{html.escape(r.output)}</pre>"
-        f"<pre>{html.escape(r.detail)}</pre></details></td></tr>"
-        for r in run.items)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(run.suite)} — slmflow eval</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.fail td:nth-child(4){{color:#c00;font-weight:bold}}
-pre{{white-space:pre-wrap;max-width:60em}}</style></head><body>
-<h1>{html.escape(run.suite)}</h1><p>model: <code>{html.escape(run.model)}</code>, {len(run.items)} item runs{at_once}</p>
-<h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>
-<h2>Latency and tokens</h2>{_svg_scatter(run.items)}
-<h2>Items</h2><table><tr><th>id</th><th>category</th><th>mode</th><th>result</th><th>latency s</th><th>tokens</th><th>trace</th></tr>{items}</table>
-</body></html>"""
+def load_run(path: Path) -> EvalRun:
+    """A results.json, or an error that names the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        return EvalRun.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise SlmflowError(f"cannot read {path}: {err.strerror}", "pass the results.json an eval wrote") from err
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SlmflowError(f"{path} is not an eval's results.json ({'.'.join(map(str, first['loc']))}: "
+                           f"{first['msg']})", "pass the results.json an eval wrote") from err
 
 
-def compare(a: Path, b: Path) -> list[tuple[str, str, float, float]]:
-    """(mode, metric, value in A, value in B) for every metric the two runs share."""
-    run_a = EvalRun.model_validate_json(Path(a).read_text(encoding="utf-8"))
-    run_b = EvalRun.model_validate_json(Path(b).read_text(encoding="utf-8"))
-    rows = []
+def write_run(run: EvalRun, out_dir: Path) -> None:
+    """results.json and report.html into ``out_dir``; a results.json already there becomes
+    previous.json, and the report compares the new run with it."""
+    from slmflow.evals.report import render_html
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current, previous_path = out_dir / "results.json", out_dir / "previous.json"
+    previous = None
+    if current.exists():
+        try:
+            previous = load_run(current)
+            current.replace(previous_path)
+        except SlmflowError:  # not ours (or damaged): kept as it was, beside the new one
+            current.replace(out_dir / "results.json.unreadable")
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
+    tmp.replace(current)
+    (out_dir / "report.html").write_text(render_html(run, previous), encoding="utf-8")
+
+
+class Difference(BaseModel):
+    mode: str
+    metric: str
+    a: float
+    b: float
+    #: Either value lies inside the other's 95% interval: the change may be chance alone.
+    noise: bool | None = None
+
+    @property
+    def delta(self) -> float:
+        return self.b - self.a
+
+
+class Comparison(BaseModel):
+    differences: list[Difference]
+    #: Both runs hashed the same data files (None when either recorded none).
+    same_data: bool | None
+    #: Settings (split, seed, limit) that differ: {name: (A's, B's)}.
+    settings_differ: dict[str, tuple[Any, Any]]
+
+
+def compare_runs(run_a: EvalRun, run_b: EvalRun) -> Comparison:
+    """B against A, metric by metric, with noise flagged where the intervals say so."""
+    differences = []
     for mode, metrics in run_a.summary.items():
         for key, value in metrics.items():
-            if key in run_b.summary.get(mode, {}):
-                rows.append((mode, key, value, run_b.summary[mode][key]))
-    return rows
+            if key not in run_b.summary.get(mode, {}):
+                continue
+            ia, ib = run_a.intervals.get(mode, {}).get(key), run_b.intervals.get(mode, {}).get(key)
+            other = run_b.summary[mode][key]
+            noise = (ia.contains(other) or ib.contains(value)) if ia and ib else None
+            differences.append(Difference(mode=mode, metric=key, a=value, b=other, noise=noise))
+    same = run_a.data_files == run_b.data_files if run_a.data_files and run_b.data_files else None
+    keys = set(run_a.settings) | set(run_b.settings)
+    differ = {k: (run_a.settings.get(k), run_b.settings.get(k)) for k in sorted(keys)
+              if run_a.settings.get(k) != run_b.settings.get(k)}
+    return Comparison(differences=differences, same_data=same, settings_differ=differ)
 
+
+def compare(a: Path, b: Path) -> Comparison:
+    """Two results.json files compared (B minus A)."""
+    return compare_runs(load_run(a), load_run(b))
