@@ -457,9 +457,89 @@ SUITES = {
 }
 
 
-@main.group("eval")
+class _EvalGroup(click.Group):
+    """``agents eval SUITE`` for the built-in suites, and ``agents eval FILE`` for a scenario file
+    (the same as ``agents eval scenarios FILE``)."""
+
+    def resolve_command(self, ctx, args):
+        from pathlib import Path
+
+        if args and args[0] not in self.commands and Path(args[0]).suffix.lower() in SCENARIO_SUFFIXES:
+            return "scenarios", self.commands["scenarios"], args
+        return super().resolve_command(ctx, args)
+
+
+SCENARIO_SUFFIXES = (".yaml", ".yml", ".json", ".py")
+
+
+@main.group("eval", cls=_EvalGroup)
 def eval_group() -> None:
-    """Run an eval suite (results.json + report.html), or compare two runs."""
+    """Run your scenario file (agents eval FILE --target T) or a built-in suite; compare two runs."""
+
+
+@eval_group.command("scenarios")
+@click.argument("file", type=click.Path())
+@click.option("--target", required=True,
+              help="FILE.py:NAME (a graph or function), assistant[:FOLDER], docs-qa:FOLDER, agent[:FOLDER], "
+                   "model[:SPEC]")
+@click.option("--model", "model_spec", default=None, help="model spec for the target (default: embedded)")
+@click.option("--judge-model", default=None, help="model for Judge checks (default: embedded)")
+@click.option("--out", type=click.Path(), default=None, help="output folder (default: evals-out/FILE-STEM)")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="cases run at once")
+@click.option("--no-cache", is_flag=True, help="run every case, even those whose output is cached")
+@_user_errors
+def eval_scenarios(file, target, model_spec, judge_model, out, concurrency, no_cache) -> None:
+    """Run a scenario file (YAML, JSON or Python: a pydantic-evals dataset) against a target.
+    Exits 1 when a case fails."""
+    from pathlib import Path
+
+    from rich.markup import escape
+    from slmflow.evals.output_cache import OutputCache
+    from slmflow.evals.scenarios import load_scenarios, run_scenarios
+    from slmflow.evals.targets import resolve_target
+
+    path = Path(file)
+    load_scenarios(path)  # a bad file fails before any model loads
+    resolved = resolve_target(target, model_spec)
+    out_dir = Path(out or f"evals-out/{path.stem}")
+    cache = OutputCache(enabled=not no_cache)
+    run = run_scenarios(path, resolved, target, out_dir, model=model_spec, judge_model=judge_model,
+                        concurrency=concurrency, cache=cache)
+    table = _table("case", "result", "failed checks", "s")
+    for item in run.items:
+        table.add_row(escape(item.id), "pass" if item.passed else "[red]FAIL[/]", escape("; ".join(item.failed_checks)),
+                      f"{item.latency_s:.2f}" + (" cached" if item.cached else ""))
+    _print_table(table)
+    overall = run.intervals["scenario"]["accuracy/all"]
+    click.echo(f"{sum(i.passed for i in run.items)} of {len(run.items)} cases passed "
+               f"({overall.text()}); outputs reused from the cache: {cache.hits}, run: {cache.misses}")
+    click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'}")
+    if not all(i.passed for i in run.items):
+        sys.exit(1)
+
+
+SUITES = {
+    "assistant-tools": "slmflow.evals.assistant_tools:AssistantToolsSuite",
+    "bfcl": "slmflow.evals.bfcl:BfclSuite",
+    "docs-qa-wikiqa": "slmflow.evals.docs_qa:WikiQASuite",
+    "retrieval-scifact": "slmflow.evals.docs_qa:SciFactSuite",
+    "routing": "slmflow.evals.routing:RoutingSuite",
+}
+
+
+def _print_run(run) -> None:
+    """Each metric per mode as value [95% interval] n, then each baseline's value on the same items."""
+    table = _table("metric", *run.summary, *(f"baseline: {b}" for b in run.baselines))
+    table.columns[0].no_wrap = True
+    for key in sorted({k for row in run.summary.values() for k in row}):
+        cells = [run.intervals[m][key].text() if key in run.intervals.get(m, {}) else str(row.get(key, ""))
+                 for m, row in run.summary.items()]
+        cells += [b[key].text() if key in b else "" for b in run.baselines.values()]
+        table.add_row(key, *cells)
+    _print_table(table)
+    for mode, metrics in run.withheld.items():
+        for key, why in metrics.items():
+            click.echo(f"withheld {key} for {mode}: {why}")
 
 
 def _suite_command(name: str, target: str):
@@ -470,10 +550,12 @@ def _suite_command(name: str, target: str):
     @click.option("--mode", "modes", multiple=True, help="run only this mode (repeatable; default: all)")
     @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
                   help="items run at once (a batching model shares its passes among them)")
-    @click.option("--split", type=click.Choice(["all", "fit", "report"]), default="all", show_default=True,
+    @click.option("--split", default=None, help="the data's split, as its file names give it (default: dev)")
+    @click.option("--half", type=click.Choice(["all", "fit", "report"]), default=None,
                   help="docs-qa-wikiqa: the half of the questions (fit: constants were fitted on it)")
+    @click.option("--seed", type=int, default=None, help="routing: seed of the generated word problems")
     @_user_errors
-    def command(limit, model_spec, out, data, modes, concurrency, split) -> None:
+    def command(limit, model_spec, out, data, modes, concurrency, split, half, seed) -> None:
         import importlib
         import inspect
         from pathlib import Path
@@ -483,17 +565,16 @@ def _suite_command(name: str, target: str):
 
         module, cls = target.split(":")
         suite_class = getattr(importlib.import_module(module), cls)
-        options = {"split": split} if split != "all" else {}
-        if options and "split" not in inspect.signature(suite_class).parameters:
-            raise SlmflowError(f"suite {name} has no --split", "leave --split out for this suite")
+        options = {k: v for k, v in {"split": split, "half": half, "seed": seed}.items() if v is not None}
+        accepted = inspect.signature(suite_class).parameters
+        for option in options:
+            if option not in accepted:
+                raise SlmflowError(f"suite {name} has no --{option}", f"leave --{option} out for this suite")
         suite = suite_class(data=Path(data) if data else None, **options)
         out_dir = Path(out or f"evals-out/{name}")
         run = run_suite(suite, load_model(model_spec), out_dir, limit=limit, modes=list(modes) or None,
                         concurrency=concurrency)
-        table = _table("metric", *run.summary)
-        for key in sorted({k for row in run.summary.values() for k in row}):
-            table.add_row(key, *(str(row.get(key, "")) for row in run.summary.values()))
-        _print_table(table)
+        _print_run(run)
         click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'} "
                    f"({run.concurrency} item{'s' if run.concurrency > 1 else ''} at once)")
 
@@ -508,15 +589,23 @@ for _name, _target in SUITES.items():
 @eval_group.command("compare")
 @click.argument("a", type=click.Path(exists=True))
 @click.argument("b", type=click.Path(exists=True))
+@_user_errors
 def eval_compare(a: str, b: str) -> None:
-    """Compare two results.json files metric by metric (B minus A)."""
+    """Compare two results.json files metric by metric (B minus A); a change inside either run's
+    95% interval is marked noise."""
     from slmflow.evals.harness import compare
 
-    table = _table("mode", "metric", "A", "B", "B - A")
-    for mode, key, va, vb in compare(a, b):
-        delta = vb - va
-        colour = "red" if key.startswith("accuracy") and delta < 0 else ""
-        table.add_row(mode, key, str(va), str(vb), f"[{colour}]{delta:+.4f}[/]" if colour else f"{delta:+.4f}")
+    comparison = compare(a, b)
+    if comparison.same_data is False:
+        err_console().print("[yellow]warning:[/] the two runs saw different data files", highlight=False)
+    for key, (va, vb) in comparison.settings_differ.items():
+        err_console().print(f"[yellow]note:[/] setting {key}: {va} → {vb}", highlight=False)
+    table = _table("mode", "metric", "A", "B", "B - A", "")
+    for d in comparison.differences:
+        colour = "red" if d.metric.startswith("accuracy") and d.delta < 0 and d.noise is False else ""
+        delta = f"[{colour}]{d.delta:+.4f}[/]" if colour else f"{d.delta:+.4f}"
+        table.add_row(d.mode, d.metric, f"{d.a:g}", f"{d.b:g}", delta,
+                      {True: "noise", False: "changed", None: ""}[d.noise])
     _print_table(table)
 
 

@@ -387,7 +387,10 @@ class AssistantGraph:
     def docs(self, state: AssistantState) -> dict:
         started = time.perf_counter()
         answer = self.docs_qa().ask(_request(state), history=_history(state))
-        return {"messages": [AIMessage(content=answer.render())],
+        # The rendered answer (answer, quote, place) is what a reader sees; the answer alone, its
+        # citations and whether it was found travel beside it, for code (and evals) to check.
+        grounded = {"answer": answer.answer, "citations": [s.path for s in answer.cited], "found": answer.found}
+        return {"messages": [AIMessage(content=answer.render(), additional_kwargs={"docs_answer": grounded})],
                 "trace": [_event("docs", self._docs.model, started, tokens=answer.completion_tokens,
                                  note=f"{len(answer.sources)} sources")],
                 "tokens_used": answer.completion_tokens}

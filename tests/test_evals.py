@@ -54,12 +54,15 @@ def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     assert set(results["summary"]) == {"constrained", "constrained_required", "plain"}
     assert len(results["items"]) == 5 * 3
     required = [i for i in results["items"] if i["mode"] == "constrained_required"]
-    assert all(i["metrics"]["call_validity"] == 1.0 for i in required)  # every emitted call validates
+    # every relevant item got a call that validates (no call would score 0)
+    assert all(i["metrics"]["valid_call"] == 1.0 for i in required if i["category"] != "irrelevance")
+    assert "accuracy/irrelevance" in results["withheld"]["constrained_required"]
+    assert results["baselines"]["no call"]["accuracy/irrelevance"]["value"] == 1.0
     html = (out / "report.html").read_text()
     assert "<svg" in html and "accuracy/simple_python" in html
     cmp = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "compare", str(out / "results.json"),
                           str(out / "results.json")], capture_output=True, text=True, timeout=120)
-    assert cmp.returncode == 0 and "+0.0000" in cmp.stdout
+    assert cmp.returncode == 0 and "+0.0000" in cmp.stdout and "noise" in cmp.stdout
 
 
 @pytest.mark.slow  # runs the CLI in a subprocess
