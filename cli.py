@@ -495,12 +495,11 @@ def eval_scenarios(file, target, model_spec, judge_model, out, concurrency, no_c
 
     from rich.markup import escape
     from slmflow.evals.output_cache import OutputCache
-    from slmflow.evals.scenarios import load_scenarios, run_scenarios
+    from slmflow.evals.scenarios import run_scenarios
     from slmflow.evals.targets import resolve_target
 
     path = Path(file)
-    load_scenarios(path)  # a bad file fails before any model loads
-    resolved = resolve_target(target, model_spec)
+    resolved = resolve_target(target, model_spec)  # loads nothing yet: a bad file fails before any model loads
     out_dir = Path(out or f"evals-out/{path.stem}")
     cache = OutputCache(enabled=not no_cache)
     run = run_scenarios(path, resolved, target, out_dir, model=model_spec, judge_model=judge_model,
@@ -511,8 +510,9 @@ def eval_scenarios(file, target, model_spec, judge_model, out, concurrency, no_c
                       f"{item.latency_s:.2f}" + (" cached" if item.cached else ""))
     _print_table(table)
     overall = run.intervals["scenario"]["accuracy/all"]
+    reused = sum(i.cached for i in run.items)
     click.echo(f"{sum(i.passed for i in run.items)} of {len(run.items)} cases passed "
-               f"({overall.text()}); outputs reused from the cache: {cache.hits}, run: {cache.misses}")
+               f"({overall.text()}); outputs reused from the cache: {reused}, run: {len(run.items) - reused}")
     click.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'report.html'}")
     if not all(i.passed for i in run.items):
         sys.exit(1)

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterator
 
 from slmflow.evals.output_cache import cache_key, current_cache
-from slmflow.runtime.constraints import Choice
 
 _judge_spec: str | None = None
 _judge = None
@@ -48,6 +47,8 @@ def verdict(prompt: str) -> str:
     key = cache_key(kind="judge", judge=_judge_spec or "embedded", prompt=prompt)
     if (hit := cache.get(key)) is not None:
         return hit
+    from slmflow.runtime.constraints import Choice
+
     said = _model().generate([{"role": "user", "content": prompt}], constraint=Choice(["yes", "no"]),
                              max_tokens=2).text()
     cache.put(key, said)

@@ -43,20 +43,17 @@ def cache_key(**parts: Any) -> str:
 
 
 class OutputCache:
-    """JSON values by key under ``folder`` (default: the slmflow cache's eval-outputs); counts
-    hits and misses so the CLI can say how much a run reused."""
+    """JSON values by key under ``folder`` (default: the slmflow cache's eval-outputs)."""
 
     def __init__(self, folder: Path | None = None, enabled: bool = True) -> None:
         self.folder = Path(folder) if folder else cache_root() / "eval-outputs"
         self.enabled = enabled
-        self.hits = self.misses = 0
-        self._count = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
 
     def has(self, key: str) -> bool:
-        """Whether ``key`` has an entry (counted as neither a hit nor a miss)."""
+        """Whether ``key`` has an entry."""
         return self.enabled and self._path(key).is_file()
 
     def get(self, key: str) -> Any | None:
@@ -66,9 +63,6 @@ class OutputCache:
             value = json.loads(self._path(key).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):  # absent, or damaged: run it again
             value = None
-        with self._count:
-            self.hits += value is not None
-            self.misses += value is None
         return value
 
     def put(self, key: str, value: Any) -> None:

@@ -3,37 +3,42 @@
 FILE is a pydantic-evals dataset (YAML, JSON, or a Python file defining ``dataset``) of cases
 whose inputs are :class:`ScenarioInput` and whose evaluators are our checks
 (:mod:`slmflow.evals.checks`). The cases run concurrently against the target, each output cached
-by (target, input, settings), and the results are written as an eval run like any suite's: pass
-rate per category (a case's ``metadata: {category: ...}``, default ``scenario``) with its
-interval, the rate of each check, and every case with its failed checks.
+by (target, input and its files' bytes, slmflow's code), and the results are written as an eval
+run like any suite's: pass rate per category (a case's ``metadata: {category: ...}``, default
+``scenario``) with its interval, the rate of each check, and every case with its failed checks.
+
+A whole run is cached too, keyed by the file's bytes, the files its cases name, the target and
+the judge: re-running an unchanged file then reads one entry and imports no model code and not
+pydantic-evals itself (half a second of the re-run), which is what makes it cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
-from pydantic_evals import Dataset
-from slmflow.evals.checks import CHECKS
 from slmflow.evals.harness import EvalRun, ItemResult, eval_progress, score_run, write_run
 from slmflow.evals.judging import use_judge
 from slmflow.evals.output_cache import OutputCache, cache_key, use_cache
 from slmflow.evals.targets import ScenarioInput, TargetOutput
 from slmflow.runtime.errors import SlmflowError
 
-ScenarioDataset = Dataset[ScenarioInput, TargetOutput, dict]
+if TYPE_CHECKING:
+    from pydantic_evals import Dataset
 
 
 class ScenarioFileError(SlmflowError):
     """A scenario file that cannot be read as a dataset of cases."""
 
 
-def _rebase(dataset: ScenarioDataset, folder: Path) -> None:
+def _rebase(dataset: Dataset, folder: Path) -> None:
     """Images and files named in cases are relative to the scenario file's folder."""
     for case in dataset.cases:
         case.inputs.images = [str((folder / p).resolve()) for p in case.inputs.images]
@@ -44,8 +49,11 @@ def _rebase(dataset: ScenarioDataset, folder: Path) -> None:
                                     "paths in a scenario file are relative to the file's folder")
 
 
-def load_scenarios(path: Path) -> ScenarioDataset:
+def load_scenarios(path: Path) -> Dataset:
     """The dataset in ``path``, or an error naming the file, the place and what to change."""
+    from pydantic_evals import Dataset
+    from slmflow.evals.checks import CHECKS
+
     path = Path(path)
     if not path.is_file():
         raise ScenarioFileError(f"scenario file {path} does not exist", "check the path")
@@ -63,7 +71,7 @@ def load_scenarios(path: Path) -> ScenarioDataset:
                                     "assign dataset = Dataset(cases=[...]) in the file")
     elif path.suffix.lower() in (".yaml", ".yml", ".json"):
         try:
-            dataset = ScenarioDataset.from_file(path, custom_evaluator_types=CHECKS)
+            dataset = Dataset[ScenarioInput, TargetOutput, dict].from_file(path, custom_evaluator_types=CHECKS)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -130,16 +138,45 @@ def _item(case, output: TargetOutput | None, error: str | None) -> ItemResult:
                       failed_checks=failed, cached=output.cached)
 
 
+def _digest(paths: list[str]) -> dict[str, str]:
+    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if Path(p).is_file()}
+
+
+def _run_key(path: Path, target, judge_model: str | None) -> str | None:
+    """The whole run's cache key: the file's bytes, those of the files and images its cases name,
+    the target and the judge. None for a Python dataset (its cases exist only once it runs)."""
+    if path.suffix == ".py" or not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        named = [str((path.parent / p).resolve()) for case in data["cases"]
+                 for p in [*(case["inputs"].get("files") or []), *(case["inputs"].get("images") or [])]]
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError):  # load_scenarios will say what is wrong
+        return None
+    return cache_key(kind="run", file=hashlib.sha256(path.read_bytes()).hexdigest(), named=_digest(named),
+                     target=target.fingerprint, judge=judge_model)
+
+
 def run_scenarios(path: Path, target, target_text: str, out_dir: Path, model: str | None = None,
                   judge_model: str | None = None, concurrency: int = 4,
                   cache: OutputCache | None = None) -> EvalRun:
     """Every case of ``path`` through ``target`` (a resolved target), then results.json and
-    report.html in ``out_dir``. Up to ``concurrency`` cases run at once; cached outputs are reused."""
-    dataset = load_scenarios(path)
+    report.html in ``out_dir``. Up to ``concurrency`` cases run at once; cached outputs are reused
+    (each item says whether its output was)."""
+    path = Path(path)
     cache = cache if cache is not None else OutputCache()
+    run_key = _run_key(path, target, judge_model)
+    if run_key is not None and (hit := cache.get(run_key)) is not None:
+        run = EvalRun.model_validate(hit)
+        for item in run.items:
+            item.cached = True
+        write_run(run, out_dir)
+        return run
+    dataset = load_scenarios(path)
 
     def key_of(case: ScenarioInput) -> str:
-        return cache_key(kind="output", target=target.fingerprint, input=case.model_dump())
+        return cache_key(kind="output", target=target.fingerprint, input=case.model_dump(),
+                         files=_digest([*case.files, *case.images]))
 
     prepare = getattr(target, "prepare", None)
     if prepare is not None and not all(cache.has(key_of(c.inputs)) for c in dataset.cases):
@@ -170,4 +207,6 @@ def run_scenarios(path: Path, target, target_text: str, out_dir: Path, model: st
     results = [by_name[case.name] for case in dataset.cases]  # the file's order
     run = score_run(_ScenarioRun(path, target_text, model), model or "embedded", [], results, concurrency, None)
     write_run(run, out_dir)
+    if run_key is not None and not any(r.metrics.get("errors") for r in results):  # an error may not recur
+        cache.put(run_key, json.loads(run.model_dump_json()))
     return run

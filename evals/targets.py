@@ -267,6 +267,15 @@ def _file_target(text: str) -> GraphTarget | CallableTarget:
     raise TargetError(f"{path}:{name} is a {type(obj).__name__}", "point to a LangGraph graph or a function")
 
 
+def _assistant(folder: str | None, model_spec: str | None, on_progress):
+    """The router graph, built (its folder indexed) only once a case must run."""
+    from slmflow.graphs.assistant import AssistantGraph
+    from slmflow.runtime.model import load_model
+
+    models = {"mini": load_model(model_spec), "moe": load_model(model_spec)} if model_spec else None
+    return AssistantGraph(docs_folder=folder, models=models).build(on_progress=on_progress)
+
+
 def resolve_target(text: str, model_spec: str | None = None):
     """The target ``text`` names (the module docstring); ``model_spec`` replaces the embedded
     default where the target loads a model."""
@@ -276,18 +285,14 @@ def resolve_target(text: str, model_spec: str | None = None):
             raise TargetError("docs-qa needs a folder", "write --target docs-qa:FOLDER")
         return DocsQATarget(Path(rest), model_spec)
     if kind == "assistant":
-        from slmflow.graphs.assistant import AssistantGraph
-        from slmflow.runtime.model import load_model
-
-        models = {"mini": load_model(model_spec), "moe": load_model(model_spec)} if model_spec else None
-        if rest and not Path(rest).is_dir():
-            raise TargetError(f"assistant documents folder {rest} does not exist", "name a folder of documents")
-        assistant = AssistantGraph(docs_folder=rest or None, models=models)
         from slmflow.runtime.config import config_paths
 
+        if rest and not Path(rest).is_dir():
+            raise TargetError(f"assistant documents folder {rest} does not exist", "name a folder of documents")
         roles = model_spec or "".join(p.read_text(encoding="utf-8") for p in config_paths() if p.is_file())
         fingerprint = f"assistant:{_folder_fingerprint(Path(rest)) if rest else ''}:{roles}"
-        return GraphTarget(None, fingerprint, build=lambda on_progress: assistant.build(on_progress=on_progress))
+        return GraphTarget(None, fingerprint, build=lambda on_progress: _assistant(rest or None, model_spec,
+                                                                                   on_progress))
     if kind == "agent":
         return AgentTarget(Path(rest) if rest else None, model_spec)
     if kind == "model":

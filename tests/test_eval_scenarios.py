@@ -101,9 +101,12 @@ def test_rerunning_an_unchanged_file_reuses_every_output_and_a_changed_target_ru
     assert "reused from the cache: 0, run: 3" in _eval(*args).output
     again = _eval(*args)
     assert "reused from the cache: 3, run: 0" in again.output and "cached" in again.output
+    with (scenario_files / "cases.yaml").open("a") as f:  # one case more: only it runs
+        f.write('  - name: new\n    inputs: {question: "What is the capital of Italy?"}\n')
+    assert "reused from the cache: 3, run: 1" in _eval(*args).output
     (scenario_files / "target.py").write_text(TARGET.replace("I do not know.", "Shakespeare."))
     changed = _eval(*args)
-    assert "reused from the cache: 0, run: 3" in changed.output and "3 of 3 cases passed" in changed.output
+    assert "reused from the cache: 0, run: 4" in changed.output and "4 of 4 cases passed" in changed.output
     assert changed.exit_code == 0
     assert (scenario_files / "out" / "previous.json").exists()  # the run before, kept for the comparison
     assert "Compared with the previous run" in (scenario_files / "out" / "report.html").read_text()
