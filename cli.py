@@ -448,15 +448,6 @@ def serve_command(model_specs, host, port, api_key, max_tokens, max_request_byte
     uvicorn.run(create_app(models, settings), host=host, port=port, log_level="warning")
 
 
-SUITES = {
-    "assistant-tools": "slmflow.evals.assistant_tools:AssistantToolsSuite",
-    "bfcl": "slmflow.evals.bfcl:BfclSuite",
-    "docs-qa-wikiqa": "slmflow.evals.docs_qa:WikiQASuite",
-    "retrieval-scifact": "slmflow.evals.docs_qa:SciFactSuite",
-    "routing": "slmflow.evals.routing:RoutingSuite",
-}
-
-
 class _EvalGroup(click.Group):
     """``agents eval SUITE`` for the built-in suites, and ``agents eval FILE`` for a scenario file
     (the same as ``agents eval scenarios FILE``)."""

@@ -59,24 +59,21 @@ class AnswerContains(Check, Evaluator):
 
     value: str | list[str]
     case_sensitive: bool = False
+    #: Whether the values must stand in the answer (False: AnswerLacks, none may).
+    wanted = True
 
     def evaluate(self, ctx: EvaluatorContext[Any, TargetOutput, Any]) -> EvaluationReason:
         said = _fold(ctx.output.answer, self.case_sensitive)
-        missing = [v for v in _values(self.value) if _fold(v, self.case_sensitive) not in said]
-        return EvaluationReason(not missing, f"answer lacks {missing}" if missing else None)
+        wrong = [v for v in _values(self.value) if (_fold(v, self.case_sensitive) in said) != self.wanted]
+        why = f"answer {'lacks' if self.wanted else 'contains'} {wrong}"
+        return EvaluationReason(not wrong, why if wrong else None)
 
 
 @dataclass
-class AnswerLacks(Check, Evaluator):
+class AnswerLacks(AnswerContains):
     """None of ``value`` stands in the answer (a wrong figure, a forbidden claim)."""
 
-    value: str | list[str]
-    case_sensitive: bool = False
-
-    def evaluate(self, ctx: EvaluatorContext[Any, TargetOutput, Any]) -> EvaluationReason:
-        said = _fold(ctx.output.answer, self.case_sensitive)
-        present = [v for v in _values(self.value) if _fold(v, self.case_sensitive) in said]
-        return EvaluationReason(not present, f"answer contains {present}" if present else None)
+    wanted = False
 
 
 @dataclass

@@ -112,6 +112,19 @@ def test_rerunning_an_unchanged_file_reuses_every_output_and_a_changed_target_ru
     assert "Compared with the previous run" in (scenario_files / "out" / "report.html").read_text()
 
 
+def test_a_python_scenario_file_defines_its_dataset_in_code(scenario_files):
+    (scenario_files / "cases.py").write_text(
+        "from pydantic_evals import Case, Dataset\n"
+        "from slmflow.evals.checks import AnswerContains\n"
+        "from slmflow.evals.targets import ScenarioInput\n"
+        "dataset = Dataset(name='capitals', cases=[Case(name=f'capital {i}',\n"
+        "                 inputs=ScenarioInput(question='the capital?'))\n"
+        "                         for i in range(3)], evaluators=[AnswerContains('Paris')])\n")
+    result = _eval(str(scenario_files / "cases.py"), "--target", f"{scenario_files / 'target.py'}:answer",
+                   "--out", str(scenario_files / "out"))
+    assert result.exit_code == 0 and "3 of 3 cases passed" in result.output
+
+
 @pytest.mark.parametrize(("text", "said"), [
     ("cases:\n  - name: a\n    inputs: {question: What: now?}\n", "line 3"),
     ("cases:\n  - name: a\n    inputs: {question: hi}\n    evaluators: [NoSuchCheck]\n", "NoSuchCheck"),
