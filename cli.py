@@ -595,8 +595,7 @@ def eval_compare(a: str, b: str) -> None:
     for d in comparison.differences:
         colour = "red" if d.metric.startswith("accuracy") and d.delta < 0 and d.noise is False else ""
         delta = f"[{colour}]{d.delta:+.4f}[/]" if colour else f"{d.delta:+.4f}"
-        table.add_row(d.mode, d.metric, f"{d.a:g}", f"{d.b:g}", delta,
-                      {True: "noise", False: "changed", None: ""}[d.noise])
+        table.add_row(d.mode, d.metric, f"{d.a:g}", f"{d.b:g}", delta, d.verdict())
     _print_table(table)
 
 

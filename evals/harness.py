@@ -309,6 +309,12 @@ class Difference(BaseModel):
     def delta(self) -> float:
         return self.b - self.a
 
+    def verdict(self) -> str:
+        """``same``, ``noise`` (inside an interval), ``changed``, or empty without intervals."""
+        if self.delta == 0:
+            return "same"
+        return {True: "noise", False: "changed", None: ""}[self.noise]
+
 
 class Comparison(BaseModel):
     differences: list[Difference]

@@ -78,7 +78,7 @@ def svg_scatter(results: list[ItemResult]) -> str:
     w, h, pad = 640, 320, 40
     max_x = max(r.latency_s for r in results) or 1
     max_y = max(r.tokens for r in results) or 1
-    modes = sorted({r.mode for r in results})
+    modes = list(dict.fromkeys(r.mode for r in results))  # the bars' order and colours
     dots = []
     for r in results:
         x = pad + (w - 2 * pad) * r.latency_s / max_x
@@ -133,8 +133,8 @@ def comparison_section(comparison: Comparison) -> str:
         notes.append("<p>Settings differ: " + ", ".join(
             f"{_esc(k)} {_esc(a)} → {_esc(b)}" for k, (a, b) in comparison.settings_differ.items()) + "</p>")
     rows = []
-    for d in sorted(comparison.differences, key=lambda d: (d.noise is not False, d.mode, d.metric)):
-        verdict = {True: "noise", False: "changed", None: ""}[d.noise]
+    for d in sorted(comparison.differences, key=lambda d: (d.verdict() != "changed", d.verdict() == "same")):
+        verdict = d.verdict()
         rows.append(f'<tr class="{verdict}"><td>{_esc(d.mode)}</td><td>{_esc(d.metric)}</td><td>{d.a:g}</td>'
                     f"<td>{d.b:g}</td><td>{d.delta:+.4f}</td><td>{verdict}</td></tr>")
     return ("<h2>Compared with the previous run</h2>" + "".join(notes)

@@ -160,6 +160,8 @@ def test_a_change_inside_the_interval_is_noise_and_one_outside_is_not():
     far = compare_runs(base, _run([True] * 19 + [False] * 1))  # 0.95
     assert next(d for d in near.differences if d.metric == "accuracy/all").noise is True
     assert next(d for d in far.differences if d.metric == "accuracy/all").noise is False
+    assert next(d for d in near.differences if d.metric == "accuracy/all").verdict() == "noise"
+    assert compare_runs(base, base).differences[0].verdict() == "same"
     assert near.same_data is True
     assert compare_runs(base, _run([True], {"q.jsonl": "bb"})).same_data is False
 

@@ -62,7 +62,7 @@ def test_bfcl_eval_cli_writes_both_reports(tmp_path):
     assert "<svg" in html and "accuracy/simple_python" in html
     cmp = subprocess.run([sys.executable, "-m", "slmflow.cli", "eval", "compare", str(out / "results.json"),
                           str(out / "results.json")], capture_output=True, text=True, timeout=120)
-    assert cmp.returncode == 0 and "+0.0000" in cmp.stdout and "noise" in cmp.stdout
+    assert cmp.returncode == 0 and "+0.0000" in cmp.stdout and "same" in cmp.stdout
 
 
 @pytest.mark.slow  # runs the CLI in a subprocess
