@@ -273,8 +273,9 @@ def load_run(path: Path) -> EvalRun:
         raise SlmflowError(f"cannot read {path}: {err.strerror}", "pass the results.json an eval wrote") from err
     except ValidationError as err:
         first = err.errors()[0]
-        raise SlmflowError(f"{path} is not an eval's results.json ({'.'.join(map(str, first['loc']))}: "
-                           f"{first['msg']})", "pass the results.json an eval wrote") from err
+        where = ".".join(map(str, first["loc"]))
+        raise SlmflowError(f"{path} is not an eval's results.json ({where + ': ' if where else ''}{first['msg']})",
+                           "pass the results.json an eval wrote") from err
 
 
 def write_run(run: EvalRun, out_dir: Path) -> None:
