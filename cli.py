@@ -584,7 +584,7 @@ for _name, _target in SUITES.items():
 def eval_compare(a: str, b: str) -> None:
     """Compare two results.json files metric by metric (B minus A); a change inside either run's
     95% interval is marked noise."""
-    from slmflow.evals.harness import compare
+    from slmflow.evals.results import compare
 
     comparison = compare(a, b)
     if comparison.same_data is False:

@@ -23,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from slmflow.evals.harness import EvalItem, ItemResult
+from slmflow.evals.results import EvalItem, ItemResult
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "docs"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jsonschema
 from pydantic import BaseModel
-from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data
+from slmflow.evals.harness import find_shared_data
+from slmflow.evals.results import EvalItem, ItemResult
 from slmflow.runtime.tool_calling import ToolSpec, generate_with_tools
 from slmflow.runtime.tool_selection import ToolSelector
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data, pick_split
+from slmflow.evals.harness import find_shared_data, pick_split
+from slmflow.evals.results import EvalItem, ItemResult
 from slmflow.runtime.embedded import cache_root
 from slmflow.tools.rag.index import DocumentIndex
 from slmflow.tools.rag.retrieval import Retriever

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 
-from slmflow.evals.harness import Comparison, EvalRun, ItemResult, compare_runs
+from slmflow.evals.results import Comparison, EvalRun, ItemResult, compare_runs
 from slmflow.evals.stats import Estimate
 
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]

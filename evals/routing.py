@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from slmflow.evals.docs_qa import WIKIQA_FILES, WIKIQA_QUESTIONS, wikiqa_questions
-from slmflow.evals.harness import EvalItem, ItemResult, find_shared_data, pick_split
+from slmflow.evals.harness import find_shared_data, pick_split
+from slmflow.evals.results import EvalItem, ItemResult
 from slmflow.graphs.assistant import RouteSignals, decide_route
 from slmflow.runtime.tool_calling import ToolSpec
 from slmflow.runtime.tool_selection import ToolSelector

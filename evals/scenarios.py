@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
-from slmflow.evals.harness import EvalRun, ItemResult, eval_progress, score_run, write_run
+from slmflow.evals.harness import eval_progress, score_run, write_run
 from slmflow.evals.judging import use_judge
 from slmflow.evals.output_cache import OutputCache, cache_key, use_cache
+from slmflow.evals.results import EvalRun, ItemResult
 from slmflow.evals.targets import ScenarioInput, TargetOutput
 from slmflow.runtime.errors import SlmflowError
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from slmflow.cli import main
-from slmflow.evals.harness import EvalItem, EvalRun, ItemResult, compare_runs, intervals_of, score_run, summarise
+from slmflow.evals.harness import intervals_of, score_run, summarise
+from slmflow.evals.results import EvalItem, EvalRun, ItemResult, compare_runs
 from slmflow.evals.stats import bootstrap_mean, estimate, wilson
 
 ROOT = Path(__file__).resolve().parents[1]

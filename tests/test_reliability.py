@@ -463,7 +463,8 @@ def test_pypdf_warnings_become_one_note_and_pages_are_reported(tmp_path, caplog)
 
 
 def test_a_suites_set_up_runs_first_and_is_in_no_items_latency(tmp_path):
-    from slmflow.evals.harness import EvalItem, ItemResult, run_suite
+    from slmflow.evals.harness import run_suite
+    from slmflow.evals.results import EvalItem, ItemResult
     from slmflow.evals.routing import RoutingSuite
 
     assert callable(getattr(RoutingSuite, "prepare", None))
