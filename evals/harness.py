@@ -35,7 +35,7 @@ from slmflow.runtime.registry import concurrency_of
 
 def find_shared_data(name: str, marker: str, data: Path | None = None) -> Path:
     """A data folder: ``data`` if given, else shared/data/NAME in or beside the working directory;
-    ``marker`` is a file the folder must hold."""
+    ``marker`` is a file or folder it must hold."""
     places = [Path(data)] if data is not None else [Path.cwd() / p / name for p in ("shared/data", "../shared/data")]
     for candidate in places:
         if (candidate / marker).exists():
