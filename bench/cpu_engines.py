@@ -119,19 +119,27 @@ class LlamaCpp:
 
     def __init__(self, folder: str | None) -> None:
         import llama_cpp
+        from llama_cpp import _internals
         from slmflow.runtime import embedded
+        from slmflow.runtime.backends.llama_cpp_backend import load_gguf
 
         self.lc = llama_cpp
         threads = os.cpu_count() or 1
         # Flash attention as SLMFLOW_LLAMA_FLASH_ATTN sets it for our llama.cpp backend (default off:
         # llama.cpp's auto turns it on for a CPU, where it decodes this model slower).
         flash = os.environ.get("SLMFLOW_LLAMA_FLASH_ATTN") == "1"
-        self.llm = llama_cpp.Llama(str(embedded.find_gguf()), n_ctx=4096, n_threads=threads,
-                                   n_threads_batch=threads, flash_attn=flash, verbose=False)
-        self.ctx = self.llm._ctx.ctx
+        # The backend's model parameters: on a CPU with AMX, llama.cpp's weight repacking crashes
+        self.model = load_gguf(llama_cpp, embedded.find_gguf())
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch = 4096, 512  # llama_cpp.Llama's defaults, as measured before
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self.llm = _internals.LlamaContext(model=self.model, params=params, verbose=False)
+        self.ctx = self.llm.ctx
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        self.vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
-        self.n_batch = self.llm.n_batch
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
+        self.n_batch = params.n_batch
         self.greedy = self._chain()
         self.json_grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)._grammar
 

@@ -22,19 +22,26 @@ def llama_cpp_model():
 def native_greedy(ids: list[int], n: int) -> list[int]:
     """llama.cpp's own loop: its decode and its greedy sampler, nothing of ours (flash attention
     off, as the backend runs it)."""
-    llm = llama_cpp.Llama(str(embedded.find_gguf()), n_ctx=1024, flash_attn=False, verbose=False)
+    from llama_cpp import _internals
+    from slmflow.runtime.backends.llama_cpp_backend import load_gguf
+
+    model = load_gguf(llama_cpp, embedded.find_gguf())  # the backend's model parameters (AMX: no repacking)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.flash_attn_type = 1024, llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    llm = _internals.LlamaContext(model=model, params=params, verbose=False)
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
     tokens = (llama_cpp.llama_token * len(ids))(*ids)
-    assert llama_cpp.llama_decode(llm._ctx.ctx, llama_cpp.llama_batch_get_one(tokens, len(ids))) == 0
+    assert llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(tokens, len(ids))) == 0
     out = []
     one = (llama_cpp.llama_token * 1)()
     for _ in range(n):
-        one[0] = llama_cpp.llama_sampler_sample(chain, llm._ctx.ctx, -1)
+        one[0] = llama_cpp.llama_sampler_sample(chain, llm.ctx, -1)
         out.append(one[0])
-        assert llama_cpp.llama_decode(llm._ctx.ctx, llama_cpp.llama_batch_get_one(one, 1)) == 0
+        assert llama_cpp.llama_decode(llm.ctx, llama_cpp.llama_batch_get_one(one, 1)) == 0
     llama_cpp.llama_sampler_free(chain)
     llm.close()
+    model.close()
     return out
 
 

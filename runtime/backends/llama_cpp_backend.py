@@ -42,6 +42,28 @@ def _llama_cpp():
     return llama_cpp
 
 
+def model_params(lc):
+    """llama.cpp's default model parameters, less weight repacking on a CPU with AMX: there
+    ggml repacks Q4/Q8 weights into its AMX buffer type, and the first ``llama_decode`` of the
+    embedded Q4_1 model then segfaults inside ``ggml_backend_amx_mul_mat`` (llama-cpp-python
+    0.3.36 built here; llama.cpp issue #20824). Elsewhere repacking stays on: it is faster."""
+    params = lc.llama_model_default_params()
+    if b"AMX_INT8 = 1" in lc.llama_print_system_info():
+        params.use_extra_bufts = False
+    return params
+
+
+def load_gguf(lc, path: Path):
+    """A GGUF file as llama-cpp-python's model object, with :func:`model_params`."""
+    from llama_cpp import _internals
+
+    try:
+        return _internals.LlamaModel(path_model=str(path), params=model_params(lc), verbose=False)
+    except (ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"llama.cpp cannot load {path}: {err}",
+                             "check that the file is a complete GGUF model") from err
+
+
 class LlamaCppArena(SlotArena):
     """One llama.cpp context whose sequence ids are the arena's slots. KV lives in llama.cpp, so
     the buffer bookkeeping of the base class is replaced: a slot moves with ``seq_cp``, a parked
@@ -57,12 +79,7 @@ class LlamaCppArena(SlotArena):
         from llama_cpp import _internals
 
         self._lc = lc
-        model_params = lc.llama_model_default_params()
-        try:
-            self._model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
-        except (ValueError, RuntimeError) as err:
-            raise ModelLoadError(f"llama.cpp cannot load {path}: {err}",
-                                 "check that the file is a complete GGUF model") from err
+        self._model = load_gguf(lc, path)
         trained = lc.llama_model_n_ctx_train(self._model.model)
         self.context_length = min(context_length, trained) if trained > 0 else context_length
         params = lc.llama_context_default_params()
