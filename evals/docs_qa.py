@@ -57,10 +57,17 @@ def token_f1(prediction: str, answers: list[str]) -> float:
     return best
 
 
-def _doc_id(path: str) -> str:
+def wikiqa_doc_id(path: str) -> str:
     """``S08/data/set3/a4.txt.clean`` → ``S08/data/set3/a4`` (the data's document ids)."""
     head, _, name = path.rpartition("/")
     return f"{head}/{name.split('.', 1)[0]}" if head else name.split(".", 1)[0]
+
+
+def recalls_at(hits, gold_doc_ids: list[str]) -> dict[str, float]:
+    """recall@1/5/10: whether a gold article is among the first n hits' files."""
+    gold = set(gold_doc_ids)
+    docs = [wikiqa_doc_id(h.chunk.path) for h in hits]
+    return {f"recall@{n}": float(bool(gold & set(docs[:n]))) for n in (1, 5, 10)}
 
 
 def _strip_citations(text: str) -> str:
@@ -153,10 +160,9 @@ class WikiQASuite:
         if self._qa is not None:
             recalls: dict[str, list[float]] = collections.defaultdict(list)
             for item in items:
-                docs = [_doc_id(h.chunk.path) for h in self._qa.retriever.search(item.data["question"], k=self.k,
-                                                                                 mode="bm25")]
-                for n in (1, 5, 10):
-                    recalls[f"recall@{n}"].append(float(bool(set(item.data["gold_doc_ids"]) & set(docs[:n]))))
+                hits = self._qa.retriever.search(item.data["question"], k=self.k, mode="bm25")
+                for key, value in recalls_at(hits, item.data["gold_doc_ids"]).items():
+                    recalls[key].append(value)
             out["bm25 alone"] = dict(recalls)
         return out
 
@@ -186,14 +192,13 @@ class WikiQASuite:
                           detail=json.dumps(detail))
 
     def _retrieval(self, item: EvalItem, qa) -> ItemResult:
-        gold = set(item.data["gold_doc_ids"])
         start = time.perf_counter()
         hits = qa.retriever.search(item.data["question"], k=self.k)
         latency = time.perf_counter() - start
-        docs = [_doc_id(h.chunk.path) for h in hits]
-        metrics = {f"recall@{n}": float(bool(gold & set(docs[:n]))) for n in (1, 5, 10)}
+        metrics = recalls_at(hits, item.data["gold_doc_ids"])
         return ItemResult(id=item.id, category=item.category, mode="retrieval", passed=bool(metrics["recall@5"]),
-                          metrics=metrics, latency_s=latency, tokens=0, output="\n".join(docs[:5]))
+                          metrics=metrics, latency_s=latency, tokens=0,
+                          output="\n".join(wikiqa_doc_id(h.chunk.path) for h in hits[:5]))
 
     @staticmethod
     def derived(row: dict[str, float]) -> dict[str, float]:
@@ -219,7 +224,7 @@ def answer_metrics(row: dict, answer) -> dict[str, float]:
         metrics["exact_match"] = exact_match(text, row["answers"]) if answer.found else 0.0
         metrics["f1"] = token_f1(text, row["answers"]) if answer.found else 0.0
     if answer.cited:
-        metrics["citation_accuracy"] = sum(_doc_id(s.path) in gold for s in answer.cited) / len(answer.cited)
+        metrics["citation_accuracy"] = sum(wikiqa_doc_id(s.path) in gold for s in answer.cited) / len(answer.cited)
     if answer.found and answer.evidence is not None:
         metrics["quote_verbatim"] = float(quotes_verbatim(answer))
     return metrics

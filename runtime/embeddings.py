@@ -7,8 +7,10 @@ sentence-transformers model folder can replace it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import os
 import threading
 from collections import OrderedDict
 from functools import cached_property
@@ -55,10 +57,33 @@ def model_fingerprint(path: Path) -> str:
     return f"{_model_name(path)}@{digest.hexdigest()[:16]}"
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16); without it
+    torch emulates bfloat16 and is slower than float32."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def embed_precision() -> str:
+    """``bf16`` (matrix products under bfloat16 autocast, layer norms and softmax kept in float32)
+    where the CPU has native bfloat16, else ``fp32``; ``SLMFLOW_EMBED_PRECISION`` forces one.
+    bench/rag_index.py measures both in one run: speed, and recall against float32 vectors."""
+    forced = os.environ.get("SLMFLOW_EMBED_PRECISION")
+    if forced is not None:
+        if forced not in ("fp32", "bf16"):
+            raise ModelLoadError(f"SLMFLOW_EMBED_PRECISION={forced!r} is neither fp32 nor bf16",
+                                 "set it to fp32 or bf16, or unset it to choose by the CPU")
+        return forced
+    return "bf16" if native_bf16() else "fp32"
+
+
 class Embedder:
     """A sentence-transformers model that turns texts into unit-length float32 vectors."""
 
-    def __init__(self, path: Path, batch_size: int = 64) -> None:
+    def __init__(self, path: Path, batch_size: int = 64, precision: str | None = None) -> None:
+        """``precision``: ``fp32`` or ``bf16`` (default: :func:`embed_precision`)."""
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
@@ -75,6 +100,7 @@ class Embedder:
             if bars:
                 hf_logging.enable_progress_bar()
         self.batch_size = batch_size
+        self.precision = precision or embed_precision()
         self.max_tokens = int(self._model.max_seq_length)
         self.tokenizer = self._model.tokenizer
         # SentenceTransformer.encode is not safe to call from two threads at once.
@@ -85,7 +111,10 @@ class Embedder:
         """Unit vectors, one row per text (cosine similarity is a dot product)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock:
+        import torch
+
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        with self._lock, autocast:
             vectors = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                          convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
@@ -109,8 +138,9 @@ class Embedder:
 
     @cached_property
     def fingerprint(self) -> str:
-        """What the model is, not where it is installed (see :func:`model_fingerprint`)."""
-        return model_fingerprint(self.path)
+        """What the model is, not where it is installed (see :func:`model_fingerprint`), and the
+        precision it runs in when not float32: an index re-embeds rather than mix the two."""
+        return model_fingerprint(self.path) + ("" if self.precision == "fp32" else f"+{self.precision}")
 
     @property
     def dimension(self) -> int:
@@ -121,7 +151,8 @@ class Embedder:
 
 
 def load_embedder(path: str | None = None) -> Embedder:
-    """One loaded embedder per path (the default when None), shared by every caller in the process
-    (held in runtime/registry.py as ``embedder:PATH``)."""
+    """One loaded embedder per path and precision (the default when None), shared by every caller
+    in the process (held in runtime/registry.py as ``embedder:PATH:PRECISION``)."""
     where = Path(path) if path else default_embedder_path()
-    return REGISTRY.get(f"embedder:{where}", lambda: Embedder(where))
+    precision = embed_precision()
+    return REGISTRY.get(f"embedder:{where}:{precision}", lambda: Embedder(where, precision=precision))

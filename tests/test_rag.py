@@ -255,33 +255,47 @@ def test_index_built_with_other_settings_is_not_mixed(folder, store):
         DocumentIndex(folder, **store, chunk_tokens=100)
 
 
-def test_an_index_is_reused_by_another_install_of_its_embedder_and_refused_by_another_model(
+def test_an_index_is_reused_by_another_install_of_its_embedder_and_re_embedded_by_another_model(
         folder, tmp_path, embedder):
     index_dir = tmp_path / "index"
-    DocumentIndex(folder, index_dir, embedder=embedder).update()
+    first = DocumentIndex(folder, index_dir, embedder=embedder).update()
     reinstalled = tmp_path / "other-venv" / "model"  # the same wheel in another virtual environment
     shutil.copytree(embedder.path, reinstalled)
-    again = DocumentIndex(folder, index_dir, embedder=Embedder(reinstalled)).update()
+    again = DocumentIndex(folder, index_dir, embedder=Embedder(reinstalled, precision=embedder.precision)).update()
     assert (again.files_embedded, again.files_unchanged) == (0, 3)
-
-    meta = index_dir / INDEX_META  # as written before fingerprints: the embedder's install path
-    settings = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**settings, "embedder": str(embedder.path)}))
-    assert DocumentIndex(folder, index_dir, embedder=embedder).update().files_unchanged == 3
-    meta.write_text(json.dumps({**settings, "embedder": str(reinstalled)}))  # another install's path
-    assert DocumentIndex(folder, index_dir, embedder=embedder).update().files_unchanged == 3
-    meta.write_text(json.dumps({**settings, "embedder": str(tmp_path / "deleted-venv" / "model")}))
-    with pytest.raises(IndexUnusableError, match="other embedder"):  # nothing left to compare with
-        DocumentIndex(folder, index_dir, embedder=embedder)
-    meta.write_text(json.dumps({**settings, "embedder": str(embedder.path)}))
 
     other = tmp_path / "tuned" / "model"  # same name and shapes, other weights
     shutil.copytree(embedder.path, other)
     with (other / "model.safetensors").open("r+b") as weights:
         weights.seek(-64, os.SEEK_END)
         weights.write(bytes(64))
-    with pytest.raises(IndexUnusableError, match="other embedder"):
-        DocumentIndex(folder, index_dir, embedder=Embedder(other))
+    tuned = DocumentIndex(folder, index_dir, embedder=Embedder(other, precision=embedder.precision))
+    redone = tuned.update()  # its vectors replace the old ones, none are mixed
+    assert (redone.files_embedded, redone.files_unchanged) == (3, 0) and tuned.count() == first.chunks_added
+    assert json.loads((index_dir / INDEX_META).read_text())["embedder"] == tuned.settings.embedder
+
+
+def test_an_index_of_the_embedders_install_path_is_reused_and_a_vanished_one_re_embedded(folder, tmp_path):
+    fp32 = Embedder(load_embedder().path, precision="fp32")  # indexes before fingerprints were all float32
+    index_dir = tmp_path / "index"
+    DocumentIndex(folder, index_dir, embedder=fp32).update()
+    meta = index_dir / INDEX_META  # as written before fingerprints: the embedder's install path
+    settings = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**settings, "embedder": str(fp32.path)}))
+    assert DocumentIndex(folder, index_dir, embedder=fp32).update().files_unchanged == 3
+    meta.write_text(json.dumps({**settings, "embedder": str(tmp_path / "deleted-venv" / "model")}))
+    assert DocumentIndex(folder, index_dir, embedder=fp32).update().files_embedded == 3  # nothing to compare
+
+
+def test_another_precision_re_embeds_and_answers_alike(folder, tmp_path):
+    path = load_embedder().path
+    index_dir = tmp_path / "index"
+    fp32 = DocumentIndex(folder, index_dir, embedder=Embedder(path, precision="fp32"))
+    fp32.update()
+    top = [h.chunk.id for h in Retriever(fp32).search("How tall is the tower?", k=3)]
+    bf16 = DocumentIndex(folder, index_dir, embedder=Embedder(path, precision="bf16"))
+    assert bf16.settings.embedder.endswith("+bf16") and bf16.update().files_embedded == 3
+    assert [h.chunk.id for h in Retriever(bf16).search("How tall is the tower?", k=3)] == top
 
 
 def test_absent_chroma_server_is_named_with_the_fix(folder):
@@ -437,3 +451,14 @@ def test_a_query_is_embedded_once_and_shared(embedder):
     assert np.allclose(first, embedder.embed([text])[0], atol=1e-6)
     with pytest.raises(ValueError):
         first[0] = 0.0
+
+
+def test_a_bad_embed_precision_setting_names_the_values_it_takes(monkeypatch):
+    from slmflow.runtime.embeddings import embed_precision
+    from slmflow.runtime.errors import ModelLoadError
+
+    monkeypatch.setenv("SLMFLOW_EMBED_PRECISION", "fp16")
+    with pytest.raises(ModelLoadError, match="'fp16' is neither fp32 nor bf16"):
+        embed_precision()
+    monkeypatch.setenv("SLMFLOW_EMBED_PRECISION", "fp32")
+    assert embed_precision() == "fp32"

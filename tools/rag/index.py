@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -196,14 +197,36 @@ class DocumentIndex:
         self.files = self.client.get_or_create_collection(_name(prefix, "files"), embedding_function=None)
         if index_url:
             self._check_settings(self._stored_in_collection())
+        if self.reembedding:
+            self._start_over(prefix, index_url)
+
+    def _start_over(self, prefix: str, index_url: str | None) -> None:
+        """Empty the index of another embedder's vectors and record ours; the next update embeds
+        every file. The settings are written last, so a kill before leaves the old ones, and the
+        next run starts over again."""
+        log.warning("the index in %s was built with embedder %s; embedding the folder again with %s",
+                 self.location, self.reembedding, self.settings.embedder)
+        for name in ("chunks", "files"):
+            self.client.delete_collection(_name(prefix, name))
+        self.chunks = self.client.get_or_create_collection(
+            _name(prefix, "chunks"), embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+        self.files = self.client.get_or_create_collection(_name(prefix, "files"), embedding_function=None)
+        if index_url:
+            self.files.modify(metadata={"slmflow_settings": self.settings.model_dump_json()})
+        else:
+            self._write_settings()
+
+    def _write_settings(self) -> None:
+        meta = self.dir / INDEX_META
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = meta.with_name(f"{meta.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+        tmp.write_text(self.settings.model_dump_json(indent=1), encoding="utf-8")
+        tmp.replace(meta)
 
     def _stored_in_file(self) -> IndexSettings | None:
         meta = self.dir / INDEX_META
         if not meta.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = meta.with_suffix(".tmp")
-            tmp.write_text(self.settings.model_dump_json(indent=1), encoding="utf-8")
-            tmp.replace(meta)
+            self._write_settings()
             return None
         try:
             return IndexSettings.model_validate_json(meta.read_text(encoding="utf-8"))
@@ -219,13 +242,16 @@ class DocumentIndex:
         return IndexSettings.model_validate_json(stored)
 
     def _check_settings(self, stored: IndexSettings | None) -> None:
+        self.reembedding: str | None = None
         if stored is None:
             return
         recorded = Path(stored.embedder)  # built before fingerprints: the embedder's install path
         if recorded.is_absolute() and recorded.is_dir() and model_fingerprint(recorded) == self.settings.embedder:
             stored = stored.model_copy(update={"embedder": self.settings.embedder})
-        mismatched = [k for k in ("embedder", "dimension", "chunk_tokens", "overlap_tokens")
-                      if getattr(stored, k) != getattr(self.settings, k)]
+        mismatched = [k for k in ("chunk_tokens", "overlap_tokens") if getattr(stored, k) != getattr(self.settings, k)]
+        # Another embedder (model, or precision) makes other vectors: the folder is embedded again
+        # rather than mixed; chunk settings are the user's to choose, so a mismatch there is asked.
+        self.reembedding = stored.embedder if stored.embedder != self.settings.embedder else None
         if mismatched:
             raise IndexUnusableError(
                 f"the index in {self.location} was built with other "
