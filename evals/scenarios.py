@@ -78,15 +78,11 @@ def load_scenarios(path: Path) -> Dataset:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ScenarioFileError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})",
                                     "quote values that hold ':' or start with a special character") from None
-        except ValidationError as err:
-            lines = str(err).splitlines()
-            raise ScenarioFileError(f"{path}: " + " ".join(lines[:4]),
-                                    "each case needs a name and inputs with question or messages; checks: "
-                                    + ", ".join(c.__name__ for c in CHECKS)) from None
-        except Exception as err:  # an unknown check name, a bad check argument (ExceptionGroups of them)
-            first = err.exceptions[0] if hasattr(err, "exceptions") else err
-            cause = first.__cause__ or first.__context__
-            if isinstance(cause, ValidationError):  # the file's data against the dataset's schema
+        except Exception as err:  # data against the schema, an unknown check, a bad check argument
+            first = err.exceptions[0] if hasattr(err, "exceptions") else err  # an ExceptionGroup's first
+            # pydantic-evals raises the schema's ValidationError as the cause of a ValueError
+            cause = first if isinstance(first, ValidationError) else first.__cause__ or first.__context__
+            if isinstance(cause, ValidationError):
                 problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in cause.errors()[:3])
             else:
                 problem = str(first).split(" Valid choices")[0].split("\n")[0]

@@ -192,25 +192,26 @@ class DocumentIndex:
         else:
             self._check_settings(self._stored_in_file())
             self.client = chromadb_persistent(self.dir / "chroma")
-        self.chunks = self.client.get_or_create_collection(
-            _name(prefix, "chunks"), embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
-        self.files = self.client.get_or_create_collection(_name(prefix, "files"), embedding_function=None)
+        self._open_collections(prefix)
         if index_url:
             self._check_settings(self._stored_in_collection())
         if self.reembedding:
             self._start_over(prefix, index_url)
+
+    def _open_collections(self, prefix: str) -> None:
+        self.chunks = self.client.get_or_create_collection(
+            _name(prefix, "chunks"), embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+        self.files = self.client.get_or_create_collection(_name(prefix, "files"), embedding_function=None)
 
     def _start_over(self, prefix: str, index_url: str | None) -> None:
         """Empty the index of another embedder's vectors and record ours; the next update embeds
         every file. The settings are written last, so a kill before leaves the old ones, and the
         next run starts over again."""
         log.warning("the index in %s was built with embedder %s; embedding the folder again with %s",
-                 self.location, self.reembedding, self.settings.embedder)
+                    self.location, self.reembedding, self.settings.embedder)
         for name in ("chunks", "files"):
             self.client.delete_collection(_name(prefix, name))
-        self.chunks = self.client.get_or_create_collection(
-            _name(prefix, "chunks"), embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
-        self.files = self.client.get_or_create_collection(_name(prefix, "files"), embedding_function=None)
+        self._open_collections(prefix)
         if index_url:
             self.files.modify(metadata={"slmflow_settings": self.settings.model_dump_json()})
         else:
